@@ -1,0 +1,360 @@
+"""Binance's live trade stream over WebSocket: reconnecting, rotating, never blocking the reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from loguru import logger
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+
+from adapters.binance_codec import FrameDecoder, FrameIssue
+from adapters.metrics import RunStats
+from application.ports import FeedItem, Received, Reconnected, TradeFeed
+from domain.backoff import AttemptWindow, Backoff
+from domain.errors import ExchangeUnavailableError
+from domain.trade import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class FeedTuning:
+    """Connection and buffering bounds of the feed."""
+
+    buffer_frames: int = 200_000
+    batch_size: int = 4096
+    max_frame_bytes: int = 64 * 1024
+    open_timeout: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    attempts_limit: int = 250
+    attempts_window: float = 300.0
+    unavailable_timeout: float = 300.0
+    rotate_after: float = 23 * 3600.0
+    stable_after: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 2.0
+
+
+def stream_url(base_url: str, symbols: Sequence[str]) -> str:
+    """The raw stream of one symbol, or the combined stream of several on the same host."""
+    base = base_url.rstrip("/")
+    streams = [f"{symbol.lower()}@trade" for symbol in symbols]
+    if len(streams) == 1:
+        return f"{base}/{streams[0]}"
+    root = base.removesuffix("/ws")
+    return f"{root}/stream?streams={'/'.join(streams)}"
+
+
+class _Link:
+    """One WebSocket connection and the task that reads it."""
+
+    __slots__ = ("frames", "number", "opened_at", "reader", "reason", "ws")
+
+    def __init__(self, ws: ClientConnection, number: int, opened_at: float) -> None:
+        self.ws = ws
+        self.number = number
+        self.opened_at = opened_at
+        self.frames = 0
+        self.reason = "open"
+        self.reader: asyncio.Task[None] | None = None
+
+
+_Entry = tuple[str | bytes, float] | Reconnected
+
+
+class BinanceTradeFeed(TradeFeed):
+    """Receives frames into a bounded buffer; decoding happens in ``next_batch``, off the reader.
+
+    A dropped connection is replaced with jittered exponential backoff and at most
+    ``attempts_limit`` attempts per ``attempts_window``; a planned replacement (rotation before
+    the exchange's 24 h cut, a ``serverShutdown`` notice, a silent stream) opens the new
+    connection before closing the old one. A ``Reconnected`` item tells the use case that trades
+    may have been missed, so it can recover them from history.
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        symbols: Sequence[str],
+        tuning: FeedTuning,
+        stats: RunStats,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._url = stream_url(ws_url, symbols)
+        self._symbols = tuple(symbols)
+        self._tuning = tuning
+        self._stats = stats
+        self._rand = rand
+        self._decoder = FrameDecoder(frozenset(symbols), tuning.max_frame_bytes)
+        self._buffer: deque[_Entry] = deque()
+        self._arrived = asyncio.Event()
+        self._rotate = asyncio.Event()
+        self._rotate_reason = ""
+        self._closing = False
+        self._failure: ExchangeUnavailableError | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._links: set[_Link] = set()
+        self._connections = 0
+        self._attempt = 0
+        self._overflow = 0
+        self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
+        stats.queue_depth = lambda: len(self._buffer)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def open(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="feed-supervisor")
+
+    def reconnect(self, reason: str) -> None:
+        self._rotate_reason = reason
+        self._rotate.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await asyncio.gather(*(self._shut(link) for link in list(self._links)))
+        self._stats.feed_connected = False
+        self._arrived.set()
+
+    async def next_batch(self) -> Sequence[FeedItem]:
+        while True:
+            if self._buffer:
+                items = self._decode_some()
+                if items:
+                    return items
+                continue
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    # Decoding, in the consumer's task.
+
+    def _decode_some(self) -> list[FeedItem]:
+        buffer = self._buffer
+        decode = self._decoder.decode
+        received = self._stats.received
+        items: list[FeedItem] = []
+        last: Trade | None = None
+        for _ in range(min(len(buffer), self._tuning.batch_size)):
+            entry = buffer.popleft()
+            if type(entry) is Reconnected:
+                items.append(entry)
+                continue
+            frame, arrived = entry  # type: ignore[misc]
+            result = decode(frame)
+            if type(result) is Trade:
+                items.append(Received(result, arrived))
+                received[result.symbol] += 1
+                last = result
+            else:
+                self._note(result, frame)  # type: ignore[arg-type]
+        if last is not None:
+            self._stats.exchange_lag[last.symbol] = time.time() - last.timestamp / 1000
+        return items
+
+    def _note(self, issue: FrameIssue, frame: str | bytes) -> None:
+        if issue.kind == "shutdown":
+            logger.warning("Exchange announced a server shutdown: opening a new connection")
+            self.reconnect("server shutdown")
+            return
+        if issue.kind == "ignored":
+            self._stats.ignored[issue.reason] += 1
+            return
+        count = self._stats.rejected[issue.reason] = self._stats.rejected[issue.reason] + 1
+        if count <= 20 or count % 1000 == 0:
+            preview = frame[:200] if isinstance(frame, str) else f"<{len(frame)} binary bytes>"
+            logger.warning(
+                "Rejected frame ({reason}, {count} so far): {preview}",
+                reason=issue.reason,
+                count=count,
+                preview=preview,
+            )
+
+    # Connections, in the supervisor's task.
+
+    async def _supervise(self) -> None:
+        current: _Link | None = None
+        down_since = time.monotonic()
+        reason = ""
+        while not self._closing:
+            link = await self._open(down_since)
+            if link is None:
+                return
+            previous, current = current, link
+            if previous is not None:
+                # A planned replacement: the new connection is open, the old one can go.
+                if previous.reader is not None and previous.reader.done():
+                    self._buffer.append(Reconnected(reason))
+                asyncio.create_task(self._shut(previous))  # noqa: RUF006 - tracked in _links
+            elif self._connections > 1:
+                self._buffer.append(Reconnected(reason))
+            link.reader = asyncio.create_task(self._read(link), name=f"feed-reader-{link.number}")
+            self._stats.feed_connected = True
+            reason, lost = await self._hold(link)
+            if lost:
+                current = None
+                self._stats.feed_connected = False
+                self._stats.reconnects[reason] += 1
+                healthy = link.frames > 0 or (
+                    time.monotonic() - link.opened_at >= self._tuning.stable_after
+                )
+                if healthy:
+                    self._attempt = 0
+                    down_since = time.monotonic()
+                else:
+                    self._attempt += 1
+                logger.warning(
+                    "Exchange connection {n} lost ({reason}) after {frames} frames; reconnecting",
+                    n=link.number,
+                    reason=reason,
+                    frames=link.frames,
+                )
+            else:
+                self._stats.reconnects[reason] += 1
+                logger.info(
+                    "Replacing exchange connection {n} ({reason})", n=link.number, reason=reason
+                )
+                down_since = time.monotonic()
+
+    async def _hold(self, link: _Link) -> tuple[str, bool]:
+        """Wait until ``link`` is lost (True) or should be replaced (False), and say why."""
+        assert link.reader is not None  # noqa: S101 - set by the caller
+        rotate = asyncio.create_task(self._rotate.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {link.reader, rotate},
+                timeout=self._tuning.rotate_after,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            rotate.cancel()
+        if link.reader in done:
+            return link.reason, True
+        if rotate in done:
+            self._rotate.clear()
+            return self._rotate_reason, False
+        return "rotation", False
+
+    async def _open(self, down_since: float) -> _Link | None:
+        while not self._closing:
+            attempt = self._attempt
+            now = time.monotonic()
+            delay = self._tuning.backoff.delay(attempt, self._rand()) if attempt >= 1 else 0.0
+            delay = max(delay, self._window.wait_before_next(now))
+            if attempt >= 1 and now + delay - down_since > self._tuning.unavailable_timeout:
+                self._fail(now - down_since)
+                return None
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._window.record(time.monotonic())
+            self._connections += 1
+            number = self._connections
+            try:
+                ws = await connect(
+                    self._url,
+                    open_timeout=self._tuning.open_timeout,
+                    ping_interval=self._tuning.ping_interval,
+                    ping_timeout=self._tuning.ping_timeout,
+                    close_timeout=self._tuning.close_timeout,
+                    max_size=max(self._tuning.max_frame_bytes * 16, 1 << 20),
+                    max_queue=(4096, 1024),
+                    compression=None,
+                    proxy=None,
+                )
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as error:
+                self._attempt += 1
+                attempt = self._attempt
+                self._stats.reconnects["connect_failed"] += 1
+                logger.warning(
+                    "Could not connect to the exchange at {url} (attempt {attempt}): {error}",
+                    url=self._url,
+                    attempt=attempt,
+                    error=f"{type(error).__name__}: {error}",
+                )
+                continue
+            link = _Link(ws, number, time.monotonic())
+            self._links.add(link)
+            logger.info(
+                "Connected to the exchange: {url} (connection {n})", url=self._url, n=number
+            )
+            return link
+        return None
+
+    def _fail(self, down_for: float) -> None:
+        self._failure = ExchangeUnavailableError(
+            f"the exchange at {self._url} has been unreachable for {down_for:.0f} s "
+            f"(EXCHANGE_UNAVAILABLE_TIMEOUT_SEC={self._tuning.unavailable_timeout:g})"
+        )
+        logger.error(str(self._failure))
+        self._arrived.set()
+
+    async def _read(self, link: _Link) -> None:
+        # Only receives: decoding happens elsewhere so pings are always answered in time.
+        buffer = self._buffer
+        arrived = self._arrived
+        limit = self._tuning.buffer_frames
+        max_bytes = self._tuning.max_frame_bytes
+        clock = time.monotonic
+        try:
+            async for frame in link.ws:
+                link.frames += 1
+                if len(frame) > max_bytes:
+                    self._stats.rejected["oversized"] += 1
+                    continue
+                if len(buffer) >= limit:
+                    # The use case is behind (a slow broker): the gap is recovered from history.
+                    self._overflow += 1
+                    if self._overflow == 1 or self._overflow % 10_000 == 0:
+                        logger.warning(
+                            "Receive buffer full ({limit} frames): {n} frames dropped so far, "
+                            "to be recovered from history",
+                            limit=limit,
+                            n=self._overflow,
+                        )
+                    self._stats.rejected["buffer_full"] += 1
+                    continue
+                buffer.append((frame, clock()))
+                arrived.set()
+            link.reason = _close_reason(link.ws, clean=True)
+        except ConnectionClosedOK:
+            link.reason = _close_reason(link.ws, clean=True)
+        except ConnectionClosed:
+            link.reason = _close_reason(link.ws, clean=False)
+        except OSError as error:
+            link.reason = f"network error: {error}"
+
+    async def _shut(self, link: _Link) -> None:
+        try:
+            await asyncio.wait_for(link.ws.close(), self._tuning.close_timeout + 1)
+        except (TimeoutError, OSError, ConnectionClosed):
+            pass
+        finally:
+            if link.reader is not None and not link.reader.done():
+                link.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link.reader
+            self._links.discard(link)
+
+
+def _close_reason(ws: ClientConnection, *, clean: bool) -> str:
+    received = ws.protocol.close_rcvd
+    if received is None:
+        return "dropped without a close frame"
+    if clean:
+        return f"closed by the exchange ({received.code})"
+    return f"closed with error ({received.code})"

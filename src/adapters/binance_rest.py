@@ -1,0 +1,217 @@
+"""Binance REST: symbol validation and trade history, within the exchange's request limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from loguru import logger
+
+from adapters.binance_codec import parse_history_trade
+from application.ports import HistoryError, SymbolDirectory, SymbolInfo, TradeHistory
+from domain.errors import ExchangeUnavailableError, UnknownSymbolError
+from domain.trade import Trade
+
+INVALID_SYMBOL = -1121
+HISTORY_WEIGHT = 25
+
+
+@dataclass(frozen=True, slots=True)
+class RestTuning:
+    """Request bounds for the exchange's REST API."""
+
+    request_timeout: float = 10.0
+    unavailable_timeout: float = 60.0
+    max_retry_wait: float = 120.0
+    weight_budget: int = 4800
+    """Of Binance's 6000 request weight a minute per IP, what this loader may use."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: Any
+    retry_after: float | None
+
+
+class BinanceRestClient(SymbolDirectory, TradeHistory):
+    """``exchangeInfo`` for symbol validation; ``historicalTrades`` to fill gaps."""
+
+    def __init__(self, base_url: str, tuning: RestTuning) -> None:
+        self._base = base_url.rstrip("/")
+        self._tuning = tuning
+        self._session: aiohttp.ClientSession | None = None
+        self._used_weight = 0
+        self._weight_minute = 0
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._tuning.request_timeout),
+                headers={"User-Agent": "loader-ws-trades"},
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
+        reply = await self._exchange_info(symbols)
+        if _is_invalid_symbol(reply):
+            unknown = []
+            for symbol in symbols:
+                if _is_invalid_symbol(await self._exchange_info([symbol])):
+                    unknown.append(symbol)
+            raise UnknownSymbolError(tuple(unknown or symbols))
+        if reply.status != 200 or not isinstance(reply.body, dict):
+            raise ExchangeUnavailableError(
+                f"exchangeInfo answered HTTP {reply.status}: {_snippet(reply.body)}"
+            )
+        listed = {
+            item.get("symbol"): str(item.get("status", "UNKNOWN"))
+            for item in reply.body.get("symbols", [])
+            if isinstance(item, dict)
+        }
+        missing = tuple(symbol for symbol in symbols if symbol not in listed)
+        if missing:
+            raise UnknownSymbolError(missing)
+        return [SymbolInfo(symbol, listed[symbol]) for symbol in symbols]
+
+    async def _exchange_info(self, symbols: Sequence[str]) -> _Reply:
+        if len(symbols) == 1:
+            params = {"symbol": symbols[0]}
+        else:
+            params = {"symbols": orjson.dumps(list(symbols)).decode()}
+        return await self._get_with_retry("/api/v3/exchangeInfo", params, weight=20)
+
+    async def trades_from(self, symbol: str, from_id: int, limit: int) -> Sequence[Trade]:
+        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, 1000))}
+        return await self._history(params, symbol)
+
+    async def latest_trade_id(self, symbol: str) -> int | None:
+        trades = await self._history({"symbol": symbol, "limit": "1"}, symbol)
+        return trades[-1].trade_id if trades else None
+
+    async def _history(self, params: dict[str, str], symbol: str) -> list[Trade]:
+        try:
+            reply = await self._get_with_retry(
+                "/api/v3/historicalTrades", params, weight=HISTORY_WEIGHT
+            )
+        except ExchangeUnavailableError as error:
+            raise HistoryError(str(error)) from None
+        if reply.status != 200 or not isinstance(reply.body, list):
+            raise HistoryError(
+                f"historicalTrades answered HTTP {reply.status}: {_snippet(reply.body)}"
+            )
+        trades = []
+        for item in reply.body:
+            trade = parse_history_trade(symbol, item)
+            if trade is None:
+                raise HistoryError(f"historicalTrades returned a malformed trade: {_snippet(item)}")
+            trades.append(trade)
+        return trades
+
+    async def _get_with_retry(self, path: str, params: dict[str, str], weight: int) -> _Reply:
+        """GET with retries: network errors until ``unavailable_timeout``, 429/418/5xx as told."""
+        started = time.monotonic()
+        delay = 0.5
+        while True:
+            await self._respect_budget(weight)
+            try:
+                reply = await self._get(path, params)
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                waited = time.monotonic() - started
+                if waited >= self._tuning.unavailable_timeout:
+                    raise ExchangeUnavailableError(
+                        f"exchange REST API at {self._base} unreachable for {waited:.0f} s: "
+                        f"{type(error).__name__}: {error}"
+                    ) from None
+                logger.warning(
+                    "Exchange REST {path} failed ({error}); retrying", path=path, error=repr(error)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if reply.status in (418, 429) or reply.status >= 500:
+                wait = reply.retry_after if reply.retry_after is not None else delay
+                delay = min(delay * 2, 30.0)
+                if time.monotonic() - started + wait > self._tuning.max_retry_wait:
+                    raise ExchangeUnavailableError(
+                        f"exchange REST {path} kept answering HTTP {reply.status} "
+                        f"for {time.monotonic() - started:.0f} s"
+                    )
+                logger.warning(
+                    "Exchange REST {path} answered HTTP {status}: waiting {wait:g} s as told",
+                    path=path,
+                    status=reply.status,
+                    wait=wait,
+                )
+                await asyncio.sleep(wait)
+                continue
+            return reply
+
+    async def _respect_budget(self, weight: int) -> None:
+        minute = int(time.time() // 60)
+        if minute != self._weight_minute:
+            self._weight_minute = minute
+            self._used_weight = 0
+        if self._used_weight + weight > self._tuning.weight_budget:
+            wait = 60 - time.time() % 60 + 0.5
+            logger.warning(
+                "REST request weight {used} of {budget} used this minute: waiting {wait:.1f} s",
+                used=self._used_weight,
+                budget=self._tuning.weight_budget,
+                wait=wait,
+            )
+            await asyncio.sleep(wait)
+            self._weight_minute = int(time.time() // 60)
+            self._used_weight = 0
+        self._used_weight += weight
+
+    async def _get(self, path: str, params: dict[str, str]) -> _Reply:
+        await self.start()
+        assert self._session is not None  # noqa: S101 - start() sets it
+        async with self._session.get(self._base + path, params=params) as response:
+            raw = await response.read()
+            used = response.headers.get("X-MBX-USED-WEIGHT-1M")
+            if used is not None and used.isdigit():
+                self._weight_minute = int(time.time() // 60)
+                self._used_weight = max(self._used_weight, int(used))
+            retry_after = response.headers.get("Retry-After")
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = raw[:200].decode(errors="replace")
+            return _Reply(
+                response.status,
+                body,
+                float(retry_after) if retry_after and _is_number(retry_after) else None,
+            )
+
+
+def _is_invalid_symbol(reply: _Reply) -> bool:
+    return (
+        reply.status == 400
+        and isinstance(reply.body, dict)
+        and reply.body.get("code") == INVALID_SYMBOL
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _snippet(body: Any) -> str:
+    text = body if isinstance(body, str) else orjson.dumps(body).decode()
+    return text[:200]

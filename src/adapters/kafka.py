@@ -1,0 +1,557 @@
+"""Kafka adapters on aiokafka: trade and event publishers, the control channel, the topic tail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.conn import create_conn
+from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
+from loguru import logger
+
+from adapters.kafka_codec import decode_command, decode_trade_position, encode_event, encode_trade
+from adapters.metrics import RunStats
+from application.ports import (
+    ControlChannel,
+    EventPublisher,
+    LastPublished,
+    TradePublisher,
+)
+from domain.errors import (
+    BrokerAuthenticationError,
+    BrokerAuthorizationError,
+    BrokerTlsError,
+    BrokerUnavailableError,
+    LoaderError,
+)
+from domain.messages import ControlCommand, TelemetryEvent
+from domain.trade import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConnection:
+    """How to reach and authenticate to the brokers; ``password`` is never logged."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = None
+    ca_path: str | None = None
+    client_id: str = "loader-ws-trades"
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaConnection(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"security_protocol={self.security_protocol!r}, sasl_mechanism="
+            f"{self.sasl_mechanism!r}, username={self.username!r}, password='**********', "
+            f"ca_path={self.ca_path!r})"
+        )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments shared by every aiokafka client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.security_protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.username
+            options["sasl_plain_password"] = self.password
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context: ssl.SSLContext = create_ssl_context(cafile=self.ca_path)
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    @property
+    def who(self) -> str:
+        user = f" as {self.username!r}" if self.username else ""
+        return f"{self.bootstrap_servers} ({self.security_protocol}{user})"
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerTuning:
+    """Producer settings users tune; acks=all and idempotence are not among them."""
+
+    linger_ms: int = 5
+    max_batch_bytes: int = 1024 * 1024
+    compression: str | None = None
+    request_timeout_ms: int = 30_000
+    max_in_flight_trades: int = 100_000
+    outage_timeout: float = 120.0
+    connect_timeout: float = 60.0
+
+
+def classify_kafka_error(error: BaseException, connection: KafkaConnection) -> LoaderError:
+    """The operator-facing failure behind an aiokafka or socket error."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for cause in chain:
+        if isinstance(
+            cause,
+            kafka_errors.SaslAuthenticationFailed
+            | kafka_errors.AuthenticationFailedError
+            | kafka_errors.IllegalSaslStateError
+            | kafka_errors.UnsupportedSaslMechanismError
+            | kafka_errors.AuthenticationMethodNotSupported,
+        ):
+            return BrokerAuthenticationError(
+                f"Kafka authentication failed at {connection.who}: {_describe(cause)}"
+            )
+        if isinstance(
+            cause,
+            kafka_errors.TopicAuthorizationFailedError
+            | kafka_errors.ClusterAuthorizationFailedError
+            | kafka_errors.GroupAuthorizationFailedError
+            | kafka_errors.TransactionalIdAuthorizationFailed,
+        ):
+            return BrokerAuthorizationError(
+                f"Kafka authorisation refused at {connection.who}: {_describe(cause)}"
+            )
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return BrokerTlsError(
+                f"the Kafka broker's TLS certificate was not trusted at {connection.who}: "
+                f"{cause.verify_message or cause} (check CA_PATH and the broker address)"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return BrokerTlsError(f"TLS with the Kafka broker failed at {connection.who}: {cause}")
+    if isinstance(error, LoaderError):
+        return error
+    return BrokerUnavailableError(
+        f"Kafka broker unreachable at {connection.who}: {_describe(error)}"
+    )
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def diagnose(connection: KafkaConnection, timeout: float = 10.0) -> LoaderError | None:
+    """Connect to each bootstrap server directly to learn why bootstrapping failed.
+
+    aiokafka reports only "Unable to bootstrap"; a direct connection surfaces the TLS or SASL
+    error an operator can act on.
+    """
+    options = connection.options()
+    failure: LoaderError | None = None
+    for server in options.pop("bootstrap_servers"):
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host or "localhost",
+                    int(port),
+                    request_timeout_ms=int(timeout * 1000),
+                    **options,
+                ),
+                timeout,
+            )
+        except Exception as error:  # noqa: BLE001 - every failure is classified below
+            failure = classify_kafka_error(error, connection)
+            if not isinstance(failure, BrokerUnavailableError):
+                return failure
+        else:
+            conn.close()
+            return None
+    return failure
+
+
+async def start_producer(
+    connection: KafkaConnection, tuning: ProducerTuning, stats: RunStats
+) -> AIOKafkaProducer:
+    """An idempotent ``acks=all`` producer, started within ``tuning.connect_timeout``."""
+    deadline = time.monotonic() + tuning.connect_timeout
+    delay = 0.5
+    while True:
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=tuning.linger_ms,
+            max_batch_size=tuning.max_batch_bytes,
+            max_request_size=max(tuning.max_batch_bytes, 1024 * 1024),
+            compression_type=tuning.compression,
+            request_timeout_ms=tuning.request_timeout_ms,
+            **connection.options(),
+        )
+        try:
+            await asyncio.wait_for(producer.start(), max(1.0, deadline - time.monotonic()))
+        except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
+            await _stop_quietly(producer)
+            failure = await diagnose(connection) or classify_kafka_error(error, connection)
+            if not isinstance(failure, BrokerUnavailableError) or time.monotonic() >= deadline:
+                raise failure from None
+            logger.warning(
+                "Kafka not reachable yet at {who}: {error}; retrying",
+                who=connection.who,
+                error=str(failure),
+            )
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+            continue
+        stats.broker_reachable = True
+        logger.info("Connected to Kafka at {who}", who=connection.who)
+        return producer
+
+
+async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
+    """Stop the producer; its own ``stop()`` can wait forever on an unreachable broker."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except TimeoutError:
+        logger.error(
+            "Kafka producer did not stop within {timeout:g} s; abandoning it", timeout=timeout
+        )
+    except kafka_errors.KafkaError as error:
+        logger.warning("Kafka producer stopped with an error: {error}", error=str(error))
+
+
+async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), 5.0)
+
+
+class KafkaTradePublisher(TradePublisher):
+    """Publishes trades keyed by symbol with many sends in flight, counting acknowledgements."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        connection: KafkaConnection,
+        tuning: ProducerTuning,
+        stats: RunStats,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._connection = connection
+        self._tuning = tuning
+        self._stats = stats
+        self._partitions: dict[str, int] = {}
+        self._keys: dict[str, bytes] = {}
+        self._pending = 0
+        self._acked = 0
+        self._failure: LoaderError | None = None
+        self._last_progress = time.monotonic()
+        self._window_open = asyncio.Event()
+        self._window_open.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def prepare(self, symbols: Sequence[str]) -> None:
+        """Look up the topic's partitions: fails early on a missing permission."""
+        try:
+            partitions = await asyncio.wait_for(
+                self._producer.partitions_for(self._topic), self._tuning.connect_timeout
+            )
+        except (kafka_errors.KafkaError, TimeoutError) as error:
+            raise classify_kafka_error(error, self._connection) from None
+        ordered = sorted(partitions)
+        partitioner = DefaultPartitioner()
+        for symbol in symbols:
+            key = symbol.encode()
+            self._keys[symbol] = key
+            # The key decides the partition as in every Kafka client; computed once per symbol.
+            self._partitions[symbol] = partitioner(key, ordered, ordered)
+
+    async def publish(self, trade: Trade, received_at: float) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._pending >= self._tuning.max_in_flight_trades:
+            await self._wait(self._window_open, "in-flight window to free up")
+        symbol = trade.symbol
+        partition = self._partitions.get(symbol)
+        if partition is None:
+            await self.prepare([symbol])
+            partition = self._partitions[symbol]
+        value = encode_trade(trade)
+        while True:
+            try:
+                future = await self._producer.send(
+                    self._topic, value, key=self._keys[symbol], partition=partition
+                )
+                break
+            except kafka_errors.KafkaTimeoutError:
+                # Nothing was queued: the broker is slow or away. Retrying keeps the order.
+                self._check_outage()
+            except kafka_errors.KafkaError as error:
+                raise classify_kafka_error(error, self._connection) from None
+        if self._pending == 0:
+            self._last_progress = time.monotonic()
+            self._idle.clear()
+        self._pending += 1
+        if self._pending >= self._tuning.max_in_flight_trades:
+            self._window_open.clear()
+        future.add_done_callback(lambda f: self._on_done(f, symbol, received_at))
+
+    def _on_done(self, future: asyncio.Future[Any], symbol: str, received_at: float) -> None:
+        self._pending -= 1
+        if self._pending < self._tuning.max_in_flight_trades:
+            self._window_open.set()
+        if self._pending == 0:
+            self._idle.set()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            if self._failure is None:
+                self._failure = classify_kafka_error(error, self._connection)
+                logger.error("Kafka refused a trade: {error}", error=str(self._failure))
+            self._window_open.set()
+            self._idle.set()
+            return
+        now = time.monotonic()
+        self._acked += 1
+        self._last_progress = now
+        self._stats.published[symbol] += 1
+        self._stats.latency.observe(now - received_at)
+
+    def acknowledged(self) -> int:
+        return self._acked
+
+    async def flush(self, timeout: float) -> None:
+        if self._pending:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                raise BrokerUnavailableError(
+                    f"{self._pending} trades were not acknowledged by Kafka within {timeout:g} s"
+                ) from None
+        if self._failure is not None:
+            raise self._failure
+
+    def _check_outage(self) -> None:
+        silent = time.monotonic() - self._last_progress
+        if silent > self._tuning.outage_timeout:
+            self._stats.broker_reachable = False
+            raise BrokerUnavailableError(
+                f"Kafka has not acknowledged trades for {silent:.0f} s "
+                f"(KAFKA_OUTAGE_TIMEOUT_SEC={self._tuning.outage_timeout:g}) "
+                f"at {self._connection.who}"
+            )
+
+    async def _wait(self, event: asyncio.Event, what: str) -> None:
+        while not event.is_set():
+            if self._failure is not None:
+                raise self._failure
+            remaining = self._tuning.outage_timeout - (time.monotonic() - self._last_progress)
+            try:
+                await asyncio.wait_for(event.wait(), max(0.05, min(remaining, 1.0)))
+            except TimeoutError:
+                self._stats.broker_reachable = False
+                self._check_outage()
+                logger.warning(
+                    "Waiting for Kafka: {what} ({n} pending)", what=what, n=self._pending
+                )
+            else:
+                self._stats.broker_reachable = True
+        if self._failure is not None:
+            raise self._failure
+
+    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
+        await self.prepare(symbols)
+        reader = TopicTailReader(self._connection, self._topic, self._tuning.connect_timeout)
+        return await reader.last_trades(symbols)
+
+
+class TopicTailReader:
+    """Finds the newest trade of each symbol at the end of the trade topic."""
+
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topic: str,
+        timeout: float,
+        max_scan: int = 1_000_000,
+    ) -> None:
+        self._connection = connection
+        self._topic = topic
+        self._timeout = timeout
+        self._max_scan = max_scan
+
+    async def last_trades(self, symbols: Sequence[str]) -> list[LastPublished]:
+        consumer = AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._connection.options(),
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), self._timeout)
+            return await asyncio.wait_for(self._scan(consumer, set(symbols)), self._timeout * 5)
+        except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
+            raise classify_kafka_error(error, self._connection) from None
+        finally:
+            await _stop_quietly(consumer)
+
+    async def _scan(self, consumer: AIOKafkaConsumer, wanted: set[str]) -> list[LastPublished]:
+        partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            return []
+        found: dict[str, LastPublished] = {}
+        for partition in sorted(partitions):
+            tp = TopicPartition(self._topic, partition)
+            consumer.assign([tp])
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            span = 1000
+            stop = end
+            while stop > begin and not wanted.issubset(found) and end - stop < self._max_scan:
+                start = max(begin, stop - span)
+                newest = await self._read(consumer, tp, start, stop, wanted)
+                for symbol, last in newest.items():
+                    found.setdefault(symbol, last)
+                stop = start
+                span *= 2
+        return list(found.values())
+
+    @staticmethod
+    async def _read(
+        consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int, wanted: set[str]
+    ) -> dict[str, LastPublished]:
+        consumer.seek(tp, start)
+        newest: dict[str, LastPublished] = {}
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            for record in batches.get(tp, []):
+                if record.offset >= stop:
+                    return newest
+                decoded = decode_trade_position(record.value)
+                if decoded is None or decoded[0] not in wanted:
+                    continue
+                symbol, trade_id, timestamp = decoded
+                current = newest.get(symbol)
+                if current is None or trade_id > current.trade_id:
+                    newest[symbol] = LastPublished(symbol, trade_id, timestamp)
+            if await consumer.position(tp) >= stop:
+                return newest
+
+
+class KafkaEventPublisher(EventPublisher):
+    """Sends telemetry events keyed by the queue id, each awaited with a bound."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        connection: KafkaConnection,
+        timeout: float,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._connection = connection
+        self._timeout = timeout
+
+    async def publish(self, event: TelemetryEvent) -> None:
+        try:
+            await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self._topic, encode_event(event), key=event.queue_id.encode()
+                ),
+                self._timeout,
+            )
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"Kafka did not acknowledge a telemetry event within {self._timeout:g} s "
+                f"at {self._connection.who}"
+            ) from None
+        except kafka_errors.KafkaError as error:
+            raise classify_kafka_error(error, self._connection) from None
+
+
+class KafkaControlChannel(ControlChannel):
+    """Reads every partition of the control topic from the start, without a consumer group."""
+
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topic: str,
+        timeout: float,
+        poll_interval: float = 2.0,
+        consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
+    ) -> None:
+        self._connection = connection
+        self._topic = topic
+        self._timeout = timeout
+        self._poll_interval = poll_interval
+        self._consumer_factory = consumer_factory
+
+    async def commands(self) -> AsyncIterator[ControlCommand]:
+        consumer = self._consumer_factory(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._connection.options(),
+        )
+        try:
+            try:
+                await asyncio.wait_for(consumer.start(), self._timeout)
+                await self._assign(consumer)
+            except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
+                raise classify_kafka_error(error, self._connection) from None
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                except kafka_errors.KafkaError as error:
+                    failure = classify_kafka_error(error, self._connection)
+                    if isinstance(failure, BrokerUnavailableError):
+                        logger.warning("Control topic read failed: {e}", e=str(failure))
+                        await asyncio.sleep(self._poll_interval)
+                        continue
+                    raise failure from None
+                for records in batches.values():
+                    for record in records:
+                        command = decode_command(record.value)
+                        if isinstance(command, str):
+                            logger.warning(
+                                "Ignoring malformed control message at {tp}@{offset}: {reason}",
+                                tp=f"{record.topic}/{record.partition}",
+                                offset=record.offset,
+                                reason=command,
+                            )
+                            continue
+                        yield command
+        finally:
+            await _stop_quietly(consumer)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        waited = False
+        while True:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(self._topic)
+            if partitions:
+                break
+            if not waited:
+                logger.warning(
+                    "Control topic {topic} does not exist yet; waiting for it", topic=self._topic
+                )
+                waited = True
+            await asyncio.sleep(self._poll_interval)
+        assignment = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        logger.info(
+            "Listening for commands on {topic} ({n} partitions, from the earliest offset)",
+            topic=self._topic,
+            n=len(assignment),
+        )

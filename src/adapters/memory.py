@@ -1,0 +1,243 @@
+"""In-memory adapters for every port: they record what happened, for tests and dry runs."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from application.ports import (
+    Clock,
+    ControlChannel,
+    EventPublisher,
+    FeedItem,
+    HistoryError,
+    LastPublished,
+    Received,
+    Reconnected,
+    SymbolDirectory,
+    SymbolInfo,
+    TradeFeed,
+    TradeHistory,
+    TradePublisher,
+)
+from domain.errors import BrokerUnavailableError, LoaderError, UnknownSymbolError
+from domain.messages import ControlCommand, TelemetryEvent
+from domain.trade import Trade
+
+
+class _Signal:
+    """Wakes every waiter whenever something recorded changes."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+
+class InMemoryTradeFeed(TradeFeed):
+    """A feed the test pushes trades, reconnects, failures and the end into."""
+
+    def __init__(self) -> None:
+        self._items: deque[FeedItem | LoaderError] = deque()
+        self._arrived = asyncio.Event()
+        self.opened = False
+        self.closed = False
+        self.reconnect_requests: list[str] = []
+        self._clock_now: Callable[[], float] = lambda: 0.0
+
+    def push(self, *trades: Trade) -> None:
+        for trade in trades:
+            self._items.append(Received(trade, self._clock_now()))
+        self._arrived.set()
+
+    def push_reconnected(self, reason: str = "test") -> None:
+        self._items.append(Reconnected(reason))
+        self._arrived.set()
+
+    def fail(self, error: LoaderError) -> None:
+        self._items.append(error)
+        self._arrived.set()
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def next_batch(self) -> Sequence[FeedItem]:
+        while not self._items:
+            if self.closed:
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch: list[FeedItem] = []
+        while self._items:
+            item = self._items[0]
+            if isinstance(item, LoaderError):
+                if batch:
+                    break
+                self._items.popleft()
+                raise item
+            self._items.popleft()
+            batch.append(item)
+        return batch
+
+    async def close(self) -> None:
+        self.closed = True
+        self._arrived.set()
+
+    def reconnect(self, reason: str) -> None:
+        self.reconnect_requests.append(reason)
+
+
+class InMemoryExchange(SymbolDirectory, TradeHistory):
+    """Symbols and trade history of a pretend exchange."""
+
+    def __init__(self, symbols: dict[str, str] | None = None) -> None:
+        self.symbols = dict(symbols or {})
+        self.history: dict[str, list[Trade]] = {}
+        self.history_requests: list[tuple[str, int, int]] = []
+        self.refuse_history: str | None = None
+
+    def record(self, *trades: Trade) -> None:
+        for trade in trades:
+            self.history.setdefault(trade.symbol, []).append(trade)
+
+    async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
+        unknown = tuple(s for s in symbols if s not in self.symbols)
+        if unknown:
+            raise UnknownSymbolError(unknown)
+        return [SymbolInfo(s, self.symbols[s]) for s in symbols]
+
+    async def trades_from(self, symbol: str, from_id: int, limit: int) -> Sequence[Trade]:
+        self.history_requests.append((symbol, from_id, limit))
+        if self.refuse_history is not None:
+            raise HistoryError(self.refuse_history)
+        trades = [t for t in self.history.get(symbol, []) if t.trade_id >= from_id]
+        return trades[:limit]
+
+    async def latest_trade_id(self, symbol: str) -> int | None:
+        trades = self.history.get(symbol)
+        return trades[-1].trade_id if trades else None
+
+
+class InMemoryTradePublisher(TradePublisher):
+    """Records published trades; acknowledges at once unless told to hold."""
+
+    def __init__(self, *, auto_ack: bool = True) -> None:
+        self.published: list[Trade] = []
+        self.auto_ack = auto_ack
+        self._acked = 0
+        self.in_topic: list[LastPublished] = []
+        self.failure: LoaderError | None = None
+        self.flushed = False
+        self._signal = _Signal()
+
+    async def publish(self, trade: Trade, received_at: float) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.published.append(trade)
+        if self.auto_ack:
+            self._acked = len(self.published)
+        await self._signal.notify()
+
+    def acknowledged(self) -> int:
+        return self._acked
+
+    def ack_all(self) -> None:
+        self._acked = len(self.published)
+
+    async def flush(self, timeout: float) -> None:
+        if self._acked < len(self.published):
+            raise BrokerUnavailableError(
+                f"{len(self.published) - self._acked} trades not acknowledged"
+            )
+        self.flushed = True
+
+    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
+        return [last for last in self.in_topic if last.symbol in symbols]
+
+    async def wait_for_count(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.published) >= count)
+
+
+class InMemoryEventPublisher(EventPublisher):
+    """Records telemetry events."""
+
+    def __init__(self) -> None:
+        self.events: list[TelemetryEvent] = []
+        self.failure: LoaderError | None = None
+        self._signal = _Signal()
+
+    async def publish(self, event: TelemetryEvent) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.events.append(event)
+        await self._signal.notify()
+
+    async def wait_for_count(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.events) >= count)
+
+    @property
+    def statuses(self) -> list[str]:
+        return [event.status.value for event in self.events]
+
+
+class InMemoryControlChannel(ControlChannel):
+    """Commands the test sends; they are delivered in order."""
+
+    def __init__(self, *commands: ControlCommand) -> None:
+        self._queue: asyncio.Queue[ControlCommand] = asyncio.Queue()
+        for command in commands:
+            self._queue.put_nowait(command)
+
+    def send(self, command: ControlCommand) -> None:
+        self._queue.put_nowait(command)
+
+    async def commands(self) -> AsyncIterator[ControlCommand]:
+        while True:
+            yield await self._queue.get()
+
+
+class ManualClock(Clock):
+    """Time that moves only when the test advances it."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._start = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._now - self._start
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking every sleeper that is due, in order."""
+        target = self._now + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            due, _, future = heapq.heappop(self._sleepers)
+            self._now = max(self._now, due)
+            if not future.done():
+                future.set_result(None)
+                # Let the woken task run before time moves on.
+                for _ in range(10):
+                    await asyncio.sleep(0)
+        self._now = target

@@ -1,0 +1,204 @@
+"""Run statistics kept as plain numbers on the hot path and exposed to Prometheus on scrape."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from application.ports import LoaderMetrics
+from domain.sequence import Gap
+from domain.state import Status
+
+
+def _log_buckets(low: float, high: float, factor: float) -> tuple[float, ...]:
+    bounds = []
+    bound = low
+    while bound < high:
+        bounds.append(round(bound, 7))
+        bound *= factor
+    bounds.append(high)
+    return tuple(bounds)
+
+
+# From 100 us to 120 s, about 10 % apart: fine enough to read p99.9 off the histogram.
+LATENCY_BUCKETS: Final = _log_buckets(0.0001, 120.0, 1.1)
+
+
+class LatencyHistogram:
+    """A fixed-bucket histogram cheap enough to observe every trade."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank and count:
+                return self.bounds[index] if index < len(self.bounds) else float("inf")
+        return float("inf")
+
+
+class RunStats(LoaderMetrics):
+    """Counters of one run; adapters and the use case write, the collector reads."""
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.published: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self.gaps: Counter[str] = Counter()
+        self.backfilled_trades: Counter[str] = Counter()
+        self.unrecoverable_trades: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.reconnects: Counter[str] = Counter()
+        self.exchange_lag: dict[str, float] = {}
+        self.latency = LatencyHistogram()
+        self.status: Status | None = None
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.feed_connected = False
+        self.broker_reachable = False
+
+    # LoaderMetrics
+
+    def state(self, status: Status) -> None:
+        self.status = status
+
+    def gap(self, gap: Gap) -> None:
+        self.gaps[gap.symbol] += 1
+
+    def backfilled(self, symbol: str, count: int) -> None:
+        self.backfilled_trades[symbol] += count
+
+    def unrecoverable(self, symbol: str, count: int) -> None:
+        self.unrecoverable_trades[symbol] += count
+
+    def duplicate(self, symbol: str) -> None:
+        self.duplicates[symbol] += 1
+
+
+class RunStatsCollector(Collector):
+    """Exposes ``RunStats`` in the Prometheus text format."""
+
+    def __init__(self, stats: RunStats, clock: Callable[[], float] = time.time) -> None:
+        self._stats = stats
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats
+        yield from _per_label(
+            "loader_trades_received", "Trades received from the exchange", "symbol", stats.received
+        )
+        yield from _per_label(
+            "loader_trades_published",
+            "Trades acknowledged by the broker",
+            "symbol",
+            stats.published,
+        )
+        yield from _per_label(
+            "loader_trades_duplicate",
+            "Trades received again and dropped",
+            "symbol",
+            stats.duplicates,
+        )
+        yield from _per_label(
+            "loader_gaps", "Jumps in trade ids found in the live stream", "symbol", stats.gaps
+        )
+        yield from _per_label(
+            "loader_trades_backfilled",
+            "Missing trades recovered from the exchange's history",
+            "symbol",
+            stats.backfilled_trades,
+        )
+        yield from _per_label(
+            "loader_trades_unrecoverable",
+            "Missing trades that could not be recovered",
+            "symbol",
+            stats.unrecoverable_trades,
+        )
+        yield from _per_label(
+            "loader_frames_rejected", "Frames rejected by reason", "reason", stats.rejected
+        )
+        yield from _per_label(
+            "loader_frames_ignored", "Non-trade frames ignored, by kind", "kind", stats.ignored
+        )
+        yield from _per_label(
+            "loader_reconnects", "Exchange reconnections by reason", "reason", stats.reconnects
+        )
+        lag = GaugeMetricFamily(
+            "loader_exchange_lag_seconds",
+            "Receipt time minus trade time of the latest trade",
+            labels=["symbol"],
+        )
+        for symbol, seconds in sorted(stats.exchange_lag.items()):
+            lag.add_metric([symbol], seconds)
+        yield lag
+        yield _histogram(stats.latency)
+        yield GaugeMetricFamily(
+            "loader_queue_depth", "Frames received and not yet processed", value=stats.queue_depth()
+        )
+        state = GaugeMetricFamily("loader_state", "Current state of the run", labels=["state"])
+        for status in Status:
+            state.add_metric([status.value], 1.0 if stats.status is status else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "loader_feed_connected", "1 while connected to the exchange", value=stats.feed_connected
+        )
+        yield GaugeMetricFamily(
+            "loader_broker_reachable",
+            "1 while the broker answers",
+            value=stats.broker_reachable,
+        )
+
+
+def _per_label(name: str, doc: str, label: str, values: Counter[str]) -> Iterator[Metric]:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    yield family
+
+
+def _histogram(histogram: LatencyHistogram) -> Metric:
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", histogram.count))
+    family = HistogramMetricFamily(
+        "loader_publish_latency_seconds",
+        "Time from receiving a trade's frame to the broker's acknowledgement",
+    )
+    family.add_metric([], buckets, histogram.total)
+    return family
+
+
+def make_registry(stats: RunStats) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunStatsCollector(stats))
+    return registry

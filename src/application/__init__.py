@@ -1,0 +1,1 @@
+"""Use cases of the loader and the ports they drive."""

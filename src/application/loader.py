@@ -1,0 +1,505 @@
+"""The loader use case: stream every trade of the configured symbols into the trade topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from loguru import logger
+
+from application.ports import (
+    Clock,
+    ControlChannel,
+    EventPublisher,
+    HistoryError,
+    LoaderMetrics,
+    Reconnected,
+    SymbolDirectory,
+    TradeFeed,
+    TradeHistory,
+    TradePublisher,
+)
+from domain.errors import LoaderError, PermanentFailure
+from domain.messages import TelemetryEvent
+from domain.sequence import Gap, TradeSequencer, Verdict
+from domain.state import LoaderState, StateChange, Status
+from domain.trade import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderConfig:
+    """What one run loads and how it behaves; built from the settings by the entrypoint."""
+
+    queue_id: str
+    symbols: tuple[str, ...]
+    data_type: str
+    producer_id: str
+    telemetry_interval: float = 5.0
+    stop_after_records: int | None = None
+    stop_after_seconds: float | None = None
+    drain_timeout: float = 20.0
+    backfill_max_trades: int = 100_000
+    backfill_max_age: float = 6 * 3600.0
+    backfill_page_size: int = 1000
+    resume_window: float = 6 * 3600.0
+    silence_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the run ended: the terminal status, its message and the process exit code."""
+
+    status: Status
+    message: str
+    exit_code: int
+    records_written: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    status: Status
+    message: str
+    exit_code: int
+
+
+class TradeLoader:
+    """Drives one run: announce, stream and publish, report, and end exactly once."""
+
+    def __init__(
+        self,
+        config: LoaderConfig,
+        *,
+        feed: TradeFeed,
+        directory: SymbolDirectory,
+        history: TradeHistory,
+        publisher: TradePublisher,
+        events: EventPublisher,
+        control: ControlChannel,
+        clock: Clock,
+        metrics: LoaderMetrics,
+    ) -> None:
+        self._config = config
+        self._feed = feed
+        self._directory = directory
+        self._history = history
+        self._publisher = publisher
+        self._events = events
+        self._control = control
+        self._clock = clock
+        self._metrics = metrics
+        self._state = LoaderState()
+        self._sequencer = TradeSequencer()
+        self._last_time: dict[str, int] = {}
+        self._handed = 0
+        self._ending: _Ending | None = None
+        self._ended = asyncio.Event()
+        self._last_arrival = 0.0
+
+    @property
+    def state(self) -> LoaderState:
+        return self._state
+
+    def request_stop(self, reason: str) -> None:
+        """Stop as ``interrupted`` after publishing what was received (signals, stop command)."""
+        self._end(Status.INTERRUPTED, reason, 0)
+
+    async def run(self) -> Outcome:
+        """Run until a bound, a stop or a failure; exactly one terminal event is sent."""
+        symbols = ", ".join(self._config.symbols)
+        await self._announce(self._state.start(f"Loader started for {symbols}"))
+        if self._ending is None:
+            try:
+                await self._prepare()
+            except LoaderError as error:
+                logger.error("Run failed before streaming: {error}", error=str(error))
+                self._fail(error)
+        if self._ending is not None:
+            return await self._conclude()
+        await self._stream()
+        return await self._shutdown()
+
+    async def _prepare(self) -> None:
+        infos = await self._directory.describe(self._config.symbols)
+        for info in infos:
+            if not info.trading:
+                message = (
+                    f"{info.symbol} is listed but not trading (status {info.status}); "
+                    "waiting for its trades"
+                )
+                logger.warning(message)
+                await self._announce(self._state.loading(message))
+        await self._resume()
+
+    async def _resume(self) -> None:
+        now_ms = self._clock.time() * 1000
+        for last in await self._publisher.last_published(self._config.symbols):
+            age = (now_ms - last.timestamp) / 1000
+            if age <= self._config.resume_window:
+                self._sequencer.resume(last.symbol, last.trade_id)
+                self._last_time[last.symbol] = last.timestamp
+                logger.info(
+                    "Resuming {symbol} after trade {trade_id} found in the topic ({age:.0f} s old)",
+                    symbol=last.symbol,
+                    trade_id=last.trade_id,
+                    age=age,
+                )
+            else:
+                logger.info(
+                    "Last {symbol} trade in the topic ({trade_id}) is {age:.0f} s old, beyond the "
+                    "resume window: starting from live trades",
+                    symbol=last.symbol,
+                    trade_id=last.trade_id,
+                    age=age,
+                )
+
+    # The streaming phase.
+
+    async def _stream(self) -> None:
+        self._last_arrival = self._clock.monotonic()
+        await self._feed.open()
+        pump = asyncio.create_task(self._pump(), name="pump")
+        helpers = [
+            asyncio.create_task(self._watch(self._listen_control), name="control"),
+            asyncio.create_task(self._watch(self._tick), name="telemetry"),
+            asyncio.create_task(self._watch(self._watch_silence), name="silence"),
+        ]
+        if self._config.stop_after_seconds is not None:
+            helpers.append(asyncio.create_task(self._watch(self._time_bound), name="time-bound"))
+        try:
+            await self._wait_end_or(pump)
+            await self._feed.close()
+            await self._drain(pump)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _wait_end_or(self, pump: asyncio.Task[None]) -> None:
+        ended = asyncio.create_task(self._ended.wait())
+        try:
+            await asyncio.wait({ended, pump}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if pump.done() and self._ending is None:
+            self._end_from(pump)
+
+    async def _drain(self, pump: asyncio.Task[None]) -> None:
+        done, _ = await asyncio.wait({pump}, timeout=self._config.drain_timeout)
+        if not done:
+            logger.error(
+                "Received trades were not all published within {timeout:g} s",
+                timeout=self._config.drain_timeout,
+            )
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            self._end(Status.ERROR, "Publishing the received trades timed out at shutdown", 1)
+            return
+        self._end_from(pump)
+
+    def _end_from(self, pump: asyncio.Task[None]) -> None:
+        if pump.cancelled():
+            return
+        error = pump.exception()
+        if isinstance(error, LoaderError):
+            self._fail(error)
+        elif error is not None:
+            logger.opt(exception=error).error("Unexpected failure while streaming")
+            self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1)
+        else:
+            self._end(Status.INTERRUPTED, "The trade feed closed", 0)
+
+    async def _watch(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except LoaderError as error:
+            self._fail(error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any bug in a helper must still end the run
+            logger.opt(exception=error).error("Unexpected failure in a background task")
+            self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1)
+
+    async def _pump(self) -> None:
+        limit = self._config.stop_after_records
+        while True:
+            batch = await self._feed.next_batch()
+            if not batch:
+                return
+            self._last_arrival = self._clock.monotonic()
+            for item in batch:
+                if limit is not None and self._handed >= limit:
+                    return
+                if isinstance(item, Reconnected):
+                    await self._catch_up(item.reason)
+                else:
+                    await self._take(item.trade, item.received_at)
+            if limit is not None and self._handed >= limit:
+                self._end(
+                    Status.FINISHED,
+                    f"Reached STOP_AFTER_RECORDS={limit}",
+                    0,
+                )
+                return
+
+    async def _take(self, trade: Trade, received_at: float) -> None:
+        verdict = self._sequencer.classify(trade.symbol, trade.trade_id)
+        if verdict is Verdict.DUPLICATE:
+            self._metrics.duplicate(trade.symbol)
+            return
+        if verdict is Verdict.GAP:
+            gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
+            if gap is not None:
+                await self._fill(gap)
+            if self._over_limit():
+                return
+        await self._hand(trade, received_at)
+
+    async def _hand(self, trade: Trade, received_at: float) -> None:
+        self._sequencer.accept(trade.symbol, trade.trade_id)
+        self._last_time[trade.symbol] = trade.timestamp
+        self._handed += 1
+        await self._publisher.publish(trade, received_at)
+
+    def _over_limit(self) -> bool:
+        limit = self._config.stop_after_records
+        return limit is not None and self._handed >= limit
+
+    # Gap filling from the exchange's history.
+
+    async def _fill(self, gap: Gap) -> None:
+        self._metrics.gap(gap)
+        logger.warning(
+            "Gap in {symbol}: trades {first}..{last} ({size}) missing from the live stream",
+            symbol=gap.symbol,
+            first=gap.first_id,
+            last=gap.last_id,
+            size=gap.size,
+        )
+        refusal = self._refuse_fill(gap)
+        if refusal is not None:
+            await self._unrecoverable(gap, refusal)
+            return
+        await self._recover(gap.symbol, gap.first_id, gap.last_id)
+
+    def _refuse_fill(self, gap: Gap) -> str | None:
+        if gap.size > self._config.backfill_max_trades:
+            return f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
+        since = self._last_time.get(gap.symbol)
+        if since is not None:
+            age = self._clock.time() - since / 1000
+            if age > self._config.backfill_max_age:
+                return f"older than BACKFILL_MAX_AGE_SEC={self._config.backfill_max_age:g}"
+        return None
+
+    async def _catch_up(self, reason: str) -> None:
+        """After a reconnect, publish from history what the old connection missed."""
+        for symbol in self._config.symbols:
+            last = self._sequencer.last(symbol)
+            if last is not None:
+                logger.info(
+                    "Reconnected ({reason}): catching up {symbol} from trade {first}",
+                    reason=reason,
+                    symbol=symbol,
+                    first=last + 1,
+                )
+                await self._recover(symbol, last + 1, None)
+
+    async def _recover(self, symbol: str, first_id: int, last_id: int | None) -> None:
+        """Publish history trades ``first_id..last_id`` (to the newest when ``last_id`` is None)."""
+        page_size = self._config.backfill_page_size
+        budget = self._config.backfill_max_trades
+        next_id = first_id
+        recovered = 0
+        while (last_id is None or next_id <= last_id) and recovered < budget:
+            if self._over_limit():
+                break
+            want = page_size if last_id is None else min(page_size, last_id - next_id + 1)
+            try:
+                page = await self._history.trades_from(symbol, next_id, want)
+            except HistoryError as error:
+                if last_id is not None:
+                    await self._unrecoverable(Gap(symbol, next_id, last_id), str(error))
+                else:
+                    logger.warning(
+                        "Catch-up of {symbol} from history failed: {error}",
+                        symbol=symbol,
+                        error=str(error),
+                    )
+                break
+            now = self._clock.monotonic()
+            for trade in page:
+                if trade.trade_id < next_id:
+                    continue
+                if (last_id is not None and trade.trade_id > last_id) or self._over_limit():
+                    break
+                if trade.trade_id > next_id:
+                    await self._unrecoverable(
+                        Gap(symbol, next_id, trade.trade_id - 1), "missing from history too"
+                    )
+                await self._hand(trade, now)
+                recovered += 1
+                next_id = trade.trade_id + 1
+            if len(page) < want:
+                if last_id is not None and next_id <= last_id:
+                    await self._unrecoverable(
+                        Gap(symbol, next_id, last_id), "history does not reach them"
+                    )
+                break
+        if recovered:
+            self._metrics.backfilled(symbol, recovered)
+            logger.info(
+                "Backfilled {count} {symbol} trades from history, up to {last}",
+                count=recovered,
+                symbol=symbol,
+                last=next_id - 1,
+            )
+
+    async def _unrecoverable(self, gap: Gap, reason: str) -> None:
+        self._metrics.unrecoverable(gap.symbol, gap.size)
+        message = (
+            f"Gap in {gap.symbol}: trades {gap.first_id}..{gap.last_id} ({gap.size}) "
+            f"could not be recovered: {reason}"
+        )
+        logger.error(message)
+        self._sync_records()
+        await self._announce(self._state.loading(message))
+
+    # Background helpers.
+
+    async def _listen_control(self) -> None:
+        async for command in self._control.commands():
+            if command.is_stop_for(self._config.queue_id):
+                logger.info("Stop command received for queue {queue}", queue=command.queue_id)
+                self.request_stop("Stop command received")
+                return
+            logger.info(
+                "Ignoring control command {command!r} for queue {queue!r}",
+                command=command.command,
+                queue=command.queue_id,
+            )
+
+    async def _tick(self) -> None:
+        interval = self._config.telemetry_interval
+        while True:
+            await self._clock.sleep(interval)
+            if self._state.is_terminal or self._ending is not None:
+                return
+            self._sync_records()
+            count = self._state.records_written
+            await self._announce(self._state.loading(f"Loaded and published {count} trade records"))
+
+    async def _time_bound(self) -> None:
+        seconds = self._config.stop_after_seconds
+        if seconds is None:
+            return
+        await self._clock.sleep(seconds)
+        self._end(Status.FINISHED, f"Reached STOP_AFTER_SECONDS={seconds:g}", 0)
+
+    async def _watch_silence(self) -> None:
+        timeout = self._config.silence_timeout
+        while True:
+            await self._clock.sleep(timeout / 2)
+            if self._clock.monotonic() - self._last_arrival < timeout:
+                continue
+            for symbol in self._config.symbols:
+                last = self._sequencer.last(symbol)
+                try:
+                    newest = await self._history.latest_trade_id(symbol)
+                except HistoryError as error:
+                    logger.warning(
+                        "Could not check {symbol} for silence: {e}", symbol=symbol, e=error
+                    )
+                    continue
+                if newest is not None and (last is None or newest > last):
+                    logger.warning(
+                        "No trade received for {timeout:g} s while the exchange shows newer "
+                        "{symbol} trades: reconnecting",
+                        timeout=timeout,
+                        symbol=symbol,
+                    )
+                    self._feed.reconnect("silent stream")
+                    self._last_arrival = self._clock.monotonic()
+                    break
+            else:
+                self._last_arrival = self._clock.monotonic()
+
+    # Ending.
+
+    def _fail(self, error: LoaderError) -> None:
+        exit_code = 2 if isinstance(error, PermanentFailure) else 1
+        self._end(Status.ERROR, str(error), exit_code)
+
+    def _end(self, status: Status, message: str, exit_code: int) -> None:
+        if self._ending is None:
+            self._ending = _Ending(status, message, exit_code)
+            self._ended.set()
+
+    async def _shutdown(self) -> Outcome:
+        ending = self._ending
+        if ending is None:  # pragma: no cover - _stream always decides an ending
+            ending = _Ending(Status.ERROR, "The run ended without a reason", 1)
+            self._ending = ending
+        try:
+            await self._publisher.flush(self._config.drain_timeout)
+        except LoaderError as error:
+            logger.error("Flushing trades at shutdown failed: {error}", error=str(error))
+            if ending.status is not Status.ERROR:
+                self._ending = _Ending(Status.ERROR, f"{error} (while flushing at shutdown)", 1)
+        return await self._conclude()
+
+    async def _conclude(self) -> Outcome:
+        ending = self._ending or _Ending(Status.ERROR, "The run ended without a reason", 1)
+        self._sync_records()
+        count = self._state.records_written
+        if ending.status is Status.FINISHED:
+            change = self._state.finish(
+                f"{ending.message}: loaded and published {count} trade records"
+            )
+        elif ending.status is Status.INTERRUPTED:
+            change = self._state.interrupt(
+                f"{ending.message}: loaded and published {count} trade records"
+            )
+        else:
+            change = self._state.fail(ending.message)
+        await self._announce(change)
+        logger.info(
+            "Run ended: {status} ({message}), {count} trade records written",
+            status=change.status.value,
+            message=change.message,
+            count=count,
+        )
+        return Outcome(change.status, change.message, ending.exit_code, count)
+
+    def _sync_records(self) -> None:
+        if self._state.is_terminal:
+            return
+        delta = self._publisher.acknowledged() - self._state.records_written
+        if delta > 0:
+            self._state.record_written(delta)
+
+    async def _announce(self, change: StateChange) -> None:
+        self._metrics.state(change.status)
+        event = TelemetryEvent(
+            queue_id=self._config.queue_id,
+            symbol=",".join(self._config.symbols),
+            type=self._config.data_type,
+            status=change.status,
+            message=change.message,
+            records_written=change.records_written,
+            finished=change.finished,
+            producer=self._config.producer_id,
+            timestamp=self._clock.time(),
+        )
+        try:
+            await self._events.publish(event)
+        except LoaderError as error:
+            logger.error(
+                "Telemetry event {status} could not be sent: {error}",
+                status=change.status.value,
+                error=str(error),
+            )
+            if not change.status.terminal:
+                self._fail(error)

@@ -1,0 +1,171 @@
+"""Ports: what the loader needs from the exchange, the broker, the clock and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from domain.messages import ControlCommand, TelemetryEvent
+from domain.sequence import Gap
+from domain.state import Status
+from domain.trade import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A live trade and when its frame arrived (monotonic seconds)."""
+
+    trade: Trade
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """The feed opened a new connection after losing one: trades may have been missed."""
+
+    reason: str
+
+
+FeedItem = Received | Reconnected
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolInfo:
+    """What the exchange says of a symbol."""
+
+    symbol: str
+    status: str
+
+    @property
+    def trading(self) -> bool:
+        return self.status == "TRADING"
+
+
+@dataclass(frozen=True, slots=True)
+class LastPublished:
+    """The newest trade of a symbol found in the trade topic."""
+
+    symbol: str
+    trade_id: int
+    timestamp: int
+
+
+class TradeFeed(Protocol):
+    """Live trades of the configured symbols, in arrival order, behind a bounded buffer."""
+
+    async def open(self) -> None:
+        """Start connecting and receiving in the background; returns at once."""
+        ...
+
+    async def next_batch(self) -> Sequence[FeedItem]:
+        """Wait for received items; an empty batch means the feed is closed and drained."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving; items already received stay readable through ``next_batch``."""
+        ...
+
+    def reconnect(self, reason: str) -> None:
+        """Replace the current connection (a stream that went silent)."""
+        ...
+
+
+class SymbolDirectory(Protocol):
+    """The exchange's list of symbols."""
+
+    async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
+        """Status of each symbol; raises ``UnknownSymbolError`` naming those not listed."""
+        ...
+
+
+class TradeHistory(Protocol):
+    """Trades the exchange already executed, for filling gaps in the live stream."""
+
+    async def trades_from(self, symbol: str, from_id: int, limit: int) -> Sequence[Trade]:
+        """Up to ``limit`` trades with id >= ``from_id`` in id order; raises ``HistoryError``."""
+        ...
+
+    async def latest_trade_id(self, symbol: str) -> int | None:
+        """Id of the symbol's newest executed trade, or None when it never traded."""
+        ...
+
+
+class HistoryError(Exception):
+    """The exchange refused or failed to return trade history."""
+
+
+class TradePublisher(Protocol):
+    """The trade topic: many sends in flight, each counted once the broker acknowledged it."""
+
+    async def publish(self, trade: Trade, received_at: float) -> None:
+        """Queue one trade for the broker; waits only while the in-flight window is full."""
+        ...
+
+    def acknowledged(self) -> int:
+        """How many published trades the broker has acknowledged so far in this run."""
+        ...
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until every published trade is acknowledged, else ``BrokerUnavailableError``."""
+        ...
+
+    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
+        """The newest trade of each symbol already in the topic (none for symbols never seen)."""
+        ...
+
+
+class EventPublisher(Protocol):
+    """The telemetry topic."""
+
+    async def publish(self, event: TelemetryEvent) -> None:
+        """Send one event and wait (bounded) for the broker's acknowledgement."""
+        ...
+
+
+class ControlChannel(Protocol):
+    """The control topic, read from its earliest retained message."""
+
+    def commands(self) -> AsyncIterator[ControlCommand]:
+        """Every well-formed command, oldest first, then live ones as they arrive."""
+        ...
+
+
+class Clock(Protocol):
+    """Time, so tests can drive the telemetry and bound timers."""
+
+    def time(self) -> float:
+        """Wall-clock epoch seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never going back."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class LoaderMetrics(Protocol):
+    """What the use case reports to monitoring."""
+
+    def state(self, status: Status) -> None:
+        """The run entered ``status``."""
+        ...
+
+    def gap(self, gap: Gap) -> None:
+        """Trades were found missing from the live stream."""
+        ...
+
+    def backfilled(self, symbol: str, count: int) -> None:
+        """Missing trades recovered from history."""
+        ...
+
+    def unrecoverable(self, symbol: str, count: int) -> None:
+        """Missing trades that could not be recovered."""
+        ...
+
+    def duplicate(self, symbol: str) -> None:
+        """A trade received again and dropped."""
+        ...

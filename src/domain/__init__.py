@@ -1,0 +1,1 @@
+"""The pure model of the loader: trades, the run's state machine, trade-id sequencing, errors."""

@@ -1,0 +1,1 @@
+"""Process entrypoints: settings, wiring, the Job's command line."""

@@ -1,0 +1,118 @@
+"""The dependency-injector container: the one place that knows every concrete class."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaProducer
+from dependency_injector import containers, providers
+
+from adapters.binance_feed import BinanceTradeFeed
+from adapters.binance_rest import BinanceRestClient
+from adapters.clock import SystemClock
+from adapters.kafka import (
+    KafkaConnection,
+    KafkaControlChannel,
+    KafkaEventPublisher,
+    KafkaTradePublisher,
+    ProducerTuning,
+    start_producer,
+    stop_producer,
+)
+from adapters.metrics import RunStats, make_registry
+from adapters.monitoring import MonitoringServer
+from application.loader import TradeLoader
+from entrypoints.settings import Settings
+
+
+async def monitoring_server(
+    settings: Settings, stats: RunStats
+) -> AsyncIterator[MonitoringServer | None]:
+    if settings.metrics_port == 0:
+        yield None
+        return
+    server = MonitoringServer(
+        settings.metrics_host, settings.metrics_port, stats, make_registry(stats)
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def kafka_producer(
+    connection: KafkaConnection, tuning: ProducerTuning, stats: RunStats, stop_timeout: float
+) -> AsyncIterator[AIOKafkaProducer]:
+    producer = await start_producer(connection, tuning, stats)
+    try:
+        yield producer
+    finally:
+        await stop_producer(producer, stop_timeout)
+
+
+async def rest_client(settings: Settings) -> AsyncIterator[BinanceRestClient]:
+    client = BinanceRestClient(settings.binance_rest_url, settings.rest_tuning())
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+class Container(containers.DeclarativeContainer):
+    """Real adapters for a production run, built from the settings."""
+
+    settings = providers.Dependency(instance_of=Settings)
+
+    stats = providers.Singleton(RunStats)
+    clock = providers.Singleton(SystemClock)
+    connection = providers.Singleton(settings.provided.kafka_connection.call())
+    producer_tuning = providers.Singleton(settings.provided.producer_tuning.call())
+
+    monitoring = providers.Resource(monitoring_server, settings, stats)
+    producer = providers.Resource(
+        kafka_producer, connection, producer_tuning, stats, settings.provided.drain_timeout_sec
+    )
+    rest = providers.Resource(rest_client, settings)
+
+    trade_publisher = providers.Singleton(
+        KafkaTradePublisher,
+        producer,
+        settings.provided.kafka_topic,
+        connection,
+        producer_tuning,
+        stats,
+    )
+    event_publisher = providers.Singleton(
+        KafkaEventPublisher,
+        producer,
+        settings.provided.queue_events_topic,
+        connection,
+        settings.provided.kafka_outage_timeout_sec,
+    )
+    control = providers.Singleton(
+        KafkaControlChannel,
+        connection,
+        settings.provided.queue_control_topic,
+        settings.provided.kafka_connect_timeout_sec,
+    )
+    feed = providers.Singleton(
+        BinanceTradeFeed,
+        settings.provided.binance_ws_url,
+        settings.provided.symbols,
+        settings.provided.feed_tuning.call(),
+        stats,
+    )
+    loader = providers.Singleton(
+        TradeLoader,
+        settings.provided.loader_config.call(),
+        feed=feed,
+        directory=rest,
+        history=rest,
+        publisher=trade_publisher,
+        events=event_publisher,
+        control=control,
+        clock=clock,
+        metrics=stats,
+    )

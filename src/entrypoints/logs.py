@@ -1,0 +1,89 @@
+"""One logging setup: loguru writing JSON lines (or text) to stdout, with the run's context."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import orjson
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message
+
+_RESERVED = frozenset({"timestamp", "level", "message"})
+
+
+class _JsonLines:
+    """A loguru sink writing one JSON object per record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, message: Message) -> None:
+        record = message.record
+        line: dict[str, Any] = {
+            "timestamp": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
+            "level": record["level"].name,
+            "message": record["message"],
+            "logger": record["name"],
+        }
+        for key, value in record["extra"].items():
+            if key not in _RESERVED:
+                line[key] = value
+        if record["exception"] is not None:
+            line["exception"] = "".join(_format_exception(record["exception"]))
+        self._stream.write(orjson.dumps(line, default=str).decode() + "\n")
+        self._stream.flush()
+
+
+def _format_exception(exception: Any) -> list[str]:
+    import traceback
+
+    return traceback.format_exception(exception.type, exception.value, exception.traceback)
+
+
+class _ToLoguru(logging.Handler):
+    """Routes the libraries' standard logging (aiokafka, websockets, aiohttp) to loguru."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(exception=record.exc_info, depth=6).bind(library=record.name).log(
+            level, record.getMessage()
+        )
+
+
+def configure_logging(
+    level: str,
+    fmt: Literal["json", "text"],
+    context: dict[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Log records at ``level`` and above; libraries only from WARNING, as they are chatty."""
+    out = stream or sys.stdout
+    logger.remove()
+    logger.configure(extra=context or {})
+    if fmt == "json":
+        logger.add(
+            _JsonLines(out), level=level, format="{message}", backtrace=False, diagnose=False
+        )
+    else:
+        logger.add(
+            out,
+            level=level,
+            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}",
+            backtrace=False,
+            diagnose=False,
+            colorize=out.isatty(),
+        )
+    logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
+
+
+def stamp() -> str:
+    """Now in UTC as ISO 8601, for messages shown to people."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
