@@ -213,6 +213,7 @@ class ManualClock(Clock):
         self._start = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._signal = _Signal()
 
     def time(self) -> float:
         return self._now
@@ -223,11 +224,16 @@ class ManualClock(Clock):
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        await self._signal.notify()
         await future
 
     @property
     def sleepers(self) -> int:
         return sum(1 for _, _, future in self._sleepers if not future.done())
+
+    async def wait_for_sleepers(self, count: int) -> None:
+        """Wait until ``count`` tasks are asleep on this clock."""
+        await self._signal.wait_until(lambda: self.sleepers >= count)
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking every sleeper that is due, in order."""

@@ -223,26 +223,23 @@ class TradeLoader:
             self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1)
 
     async def _pump(self) -> None:
-        limit = self._config.stop_after_records
         while True:
             batch = await self._feed.next_batch()
             if not batch:
                 return
-            self._last_arrival = self._clock.monotonic()
             for item in batch:
-                if limit is not None and self._handed >= limit:
-                    return
                 if isinstance(item, Reconnected):
                     await self._catch_up(item.reason)
                 else:
+                    self._last_arrival = self._clock.monotonic()
                     await self._take(item.trade, item.received_at)
-            if limit is not None and self._handed >= limit:
-                self._end(
-                    Status.FINISHED,
-                    f"Reached STOP_AFTER_RECORDS={limit}",
-                    0,
-                )
-                return
+                if self._over_limit():
+                    self._end(
+                        Status.FINISHED,
+                        f"Reached STOP_AFTER_RECORDS={self._config.stop_after_records}",
+                        0,
+                    )
+                    return
 
     async def _take(self, trade: Trade, received_at: float) -> None:
         verdict = self._sequencer.classify(trade.symbol, trade.trade_id)

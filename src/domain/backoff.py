@@ -58,7 +58,8 @@ class AttemptWindow:
         self._forget(now)
         if len(self._attempts) < self.limit:
             return 0.0
-        return self._attempts[0] + self.window - now
+        # Never zero while full: float rounding must not let one more attempt in.
+        return max(self._attempts[0] + self.window - now, 0.001)
 
     def record(self, now: float) -> None:
         self._forget(now)
@@ -69,5 +70,5 @@ class AttemptWindow:
         return len(self._attempts)
 
     def _forget(self, now: float) -> None:
-        while self._attempts and self._attempts[0] <= now - self.window:
+        while self._attempts and self._attempts[0] + self.window <= now:
             self._attempts.popleft()

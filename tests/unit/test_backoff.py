@@ -1,0 +1,58 @@
+"""The reconnect schedule: growing, capped, jittered, and within the exchange's attempt limit."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.backoff import AttemptWindow, Backoff
+
+
+def test_doubles_up_to_the_cap() -> None:
+    sut = Backoff(initial=0.5, cap=30, factor=2, jitter=0)
+    assert [sut.ceiling(n) for n in range(1, 10)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=10_000),
+    rand=st.floats(min_value=0, max_value=1, exclude_max=True),
+    initial=st.floats(min_value=0.01, max_value=5),
+    cap=st.floats(min_value=5, max_value=600),
+)
+def test_delay_is_within_jitter_of_the_ceiling_and_never_above_the_cap(
+    attempt: int, rand: float, initial: float, cap: float
+) -> None:
+    sut = Backoff(initial=initial, cap=cap, jitter=0.5)
+    delay = sut.delay(attempt, rand)
+    ceiling = sut.ceiling(attempt)
+    assert ceiling <= cap
+    assert ceiling * 0.5 <= delay <= ceiling
+
+
+@given(st.integers(min_value=1, max_value=200))
+def test_ceiling_never_decreases(attempt: int) -> None:
+    sut = Backoff()
+    assert sut.ceiling(attempt + 1) >= sut.ceiling(attempt)
+
+
+def test_invalid_backoff_is_refused() -> None:
+    with pytest.raises(ValueError, match="invalid backoff"):
+        Backoff(initial=10, cap=1)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=400))
+def test_attempt_window_never_allows_more_than_the_limit(gaps: list[float]) -> None:
+    """Whoever asks when, following the window's advice keeps any 300 s span within the limit."""
+    sut = AttemptWindow(limit=10, window=300)
+    now = 0.0
+    made: list[float] = []
+    for gap in gaps:
+        now += gap
+        while (wait := sut.wait_before_next(now)) > 0:
+            now += wait
+        sut.record(now)
+        made.append(now)
+    for index, start in enumerate(made):
+        within = [t for t in made[index:] if t < start + 300]
+        assert len(within) <= 10

@@ -1,0 +1,382 @@
+"""The loader use case driven through in-memory adapters: outcomes, not calls."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from adapters.memory import (
+    InMemoryControlChannel,
+    InMemoryEventPublisher,
+    InMemoryExchange,
+    InMemoryTradeFeed,
+    InMemoryTradePublisher,
+    ManualClock,
+)
+from adapters.metrics import RunStats
+from application.loader import LoaderConfig, Outcome, TradeLoader
+from application.ports import LastPublished
+from domain.errors import BrokerAuthorizationError, ExchangeUnavailableError
+from domain.messages import ControlCommand
+from domain.state import Status
+from support.factories import make_trade, make_trades
+
+QUEUE = "wf-ws-trades-20240801-a1b2c3"
+
+
+@dataclass
+class World:
+    """Every port's fake, and the config of the run."""
+
+    config: LoaderConfig = field(
+        default_factory=lambda: LoaderConfig(
+            queue_id=QUEUE,
+            symbols=("BTCUSDT",),
+            data_type="ws_trade",
+            producer_id="loader-ws-trades__a1b2c3",
+        )
+    )
+    feed: InMemoryTradeFeed = field(default_factory=InMemoryTradeFeed)
+    exchange: InMemoryExchange = field(
+        default_factory=lambda: InMemoryExchange({"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"})
+    )
+    publisher: InMemoryTradePublisher = field(default_factory=InMemoryTradePublisher)
+    events: InMemoryEventPublisher = field(default_factory=InMemoryEventPublisher)
+    control: InMemoryControlChannel = field(default_factory=InMemoryControlChannel)
+    clock: ManualClock = field(default_factory=ManualClock)
+    stats: RunStats = field(default_factory=RunStats)
+
+    def loader(self, **config: object) -> TradeLoader:
+        self.config = replace(self.config, **config)  # type: ignore[arg-type]
+        return TradeLoader(
+            self.config,
+            feed=self.feed,
+            directory=self.exchange,
+            history=self.exchange,
+            publisher=self.publisher,
+            events=self.events,
+            control=self.control,
+            clock=self.clock,
+            metrics=self.stats,
+        )
+
+    @property
+    def published_ids(self) -> list[int]:
+        return [trade.trade_id for trade in self.publisher.published]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+async def wait_until_streaming(world: World) -> None:
+    """Until the run streams: its telemetry and silence timers are asleep on the clock."""
+    timers = 2 + (world.config.stop_after_seconds is not None)
+    await world.clock.wait_for_sleepers(timers)
+    assert world.feed.opened
+
+
+def assert_contract_sequence(world: World, outcome: Outcome) -> None:
+    statuses = world.events.statuses
+    assert statuses[0] == "started"
+    assert statuses[-1] == outcome.status.value
+    assert all(s == "loading" for s in statuses[1:-1])
+    assert [e.finished for e in world.events.events] == [False] * (len(statuses) - 1) + [True]
+    counts = [e.records_written for e in world.events.events]
+    assert counts == sorted(counts)
+    for event in world.events.events:
+        assert event.queue_id == QUEUE
+        assert event.producer == "loader-ws-trades__a1b2c3"
+        assert event.type == "ws_trade"
+        assert event.symbol == ",".join(world.config.symbols)
+
+
+async def test_a_bound_on_records_publishes_exactly_that_many_and_finishes(world: World) -> None:
+    sut = world.loader(stop_after_records=3)
+    world.feed.push(*make_trades(100, 105))
+    outcome = await sut.run()
+    assert outcome.status is Status.FINISHED
+    assert outcome.exit_code == 0
+    assert world.published_ids == [100, 101, 102]
+    assert world.events.statuses == ["started", "finished"]
+    assert world.events.events[-1].records_written == 3
+    assert "STOP_AFTER_RECORDS=3" in world.events.events[-1].message
+    assert world.publisher.flushed
+    assert_contract_sequence(world, outcome)
+
+
+async def test_a_stop_command_for_this_queue_interrupts_after_publishing_what_came(
+    world: World,
+) -> None:
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 50))
+    await world.publisher.wait_for_count(50)
+    world.control.send(ControlCommand("stop", "another-queue"))
+    world.control.send(ControlCommand("pause", QUEUE))
+    world.control.send(ControlCommand("stop", QUEUE))
+    outcome = await run
+    assert outcome.status is Status.INTERRUPTED
+    assert outcome.exit_code == 0
+    assert world.published_ids == list(range(1, 51))
+    assert world.events.events[-1].records_written == 50
+    assert world.feed.closed
+    assert_contract_sequence(world, outcome)
+
+
+async def test_commands_for_other_queues_do_not_stop_the_run(world: World) -> None:
+    sut = world.loader(stop_after_records=2)
+    world.control.send(ControlCommand("stop", "another-queue"))
+    world.control.send(ControlCommand("STOP", QUEUE))
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 2))
+    outcome = await run
+    assert outcome.status is Status.FINISHED
+
+
+async def test_a_stop_already_in_the_control_topic_ends_the_run_at_once(world: World) -> None:
+    world.control.send(ControlCommand("stop", QUEUE))
+    outcome = await world.loader().run()
+    assert outcome.status is Status.INTERRUPTED
+    assert world.events.statuses == ["started", "interrupted"]
+
+
+async def test_a_signal_interrupts_after_the_received_trades_are_published(world: World) -> None:
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(7, 9))
+    sut.request_stop("SIGTERM received")
+    outcome = await run
+    assert outcome.status is Status.INTERRUPTED
+    assert "SIGTERM received" in outcome.message
+    assert world.published_ids == [7, 8, 9]
+
+
+async def test_a_time_bound_finishes_the_run(world: World) -> None:
+    sut = world.loader(stop_after_seconds=30, telemetry_interval=100)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 4))
+    await world.publisher.wait_for_count(4)
+    await world.clock.advance(29)
+    assert not run.done()
+    await world.clock.advance(1)
+    outcome = await run
+    assert outcome.status is Status.FINISHED
+    assert "STOP_AFTER_SECONDS=30" in outcome.message
+    assert outcome.records_written == 4
+
+
+async def test_loading_events_come_every_interval_also_without_trades(world: World) -> None:
+    sut = world.loader(telemetry_interval=5)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    await world.clock.advance(5)
+    await world.events.wait_for_count(2)
+    assert world.events.events[1].status is Status.LOADING
+    assert world.events.events[1].records_written == 0
+    assert world.events.events[1].message == "Loaded and published 0 trade records"
+    world.feed.push(*make_trades(1, 3))
+    await world.publisher.wait_for_count(3)
+    await world.clock.advance(5)
+    await world.events.wait_for_count(3)
+    assert world.events.events[2].records_written == 3
+    assert world.events.events[2].timestamp == world.clock.time()
+    await world.clock.advance(4.9)
+    assert len(world.events.events) == 3
+    sut.request_stop("test over")
+    outcome = await run
+    assert_contract_sequence(world, outcome)
+
+
+async def test_records_written_counts_only_acknowledged_trades(world: World) -> None:
+    world.publisher.auto_ack = False
+    sut = world.loader(telemetry_interval=5)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 10))
+    await world.publisher.wait_for_count(10)
+    await world.clock.advance(5)
+    await world.events.wait_for_count(2)
+    assert world.events.events[-1].records_written == 0
+    world.publisher.ack_all()
+    sut.request_stop("done")
+    outcome = await run
+    assert outcome.records_written == 10
+
+
+async def test_an_unknown_symbol_ends_with_exit_2_and_an_error_naming_it(world: World) -> None:
+    outcome = await world.loader(symbols=("BTCUSDT", "NOSUCHCOIN")).run()
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 2
+    assert world.events.statuses == ["started", "error"]
+    assert "NOSUCHCOIN" in world.events.events[-1].message
+    assert not world.feed.opened
+
+
+async def test_a_symbol_not_trading_is_reported_and_the_run_goes_on(world: World) -> None:
+    world.exchange.symbols["BTCUSDT"] = "BREAK"
+    sut = world.loader(stop_after_records=1)
+    world.feed.push(make_trade(1))
+    outcome = await sut.run()
+    assert outcome.status is Status.FINISHED
+    assert world.events.statuses == ["started", "loading", "finished"]
+    assert "not trading" in world.events.events[1].message
+
+
+async def test_a_feed_that_gives_up_ends_with_exit_1(world: World) -> None:
+    sut = world.loader()
+    world.feed.push(*make_trades(1, 5))
+    world.feed.fail(ExchangeUnavailableError("exchange unreachable for 300 s"))
+    outcome = await sut.run()
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 1
+    assert "unreachable" in outcome.message
+    assert world.published_ids == [1, 2, 3, 4, 5]
+    assert_contract_sequence(world, outcome)
+
+
+async def test_a_refused_topic_ends_with_exit_2(world: World) -> None:
+    world.publisher.failure = BrokerAuthorizationError("Kafka authorisation refused on topic")
+    world.feed.push(make_trade(1))
+    outcome = await world.loader().run()
+    assert outcome.exit_code == 2
+    assert "authorisation refused" in world.events.events[-1].message
+
+
+async def test_duplicates_are_dropped_and_order_kept(world: World) -> None:
+    sut = world.loader(stop_after_records=5)
+    world.feed.push(*make_trades(1, 3), *make_trades(2, 4), *make_trades(4, 5))
+    await sut.run()
+    assert world.published_ids == [1, 2, 3, 4, 5]
+    assert world.stats.duplicates["BTCUSDT"] == 3
+
+
+async def test_a_jump_in_trade_ids_is_filled_from_history_in_order(world: World) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    sut = world.loader(stop_after_records=12)
+    world.feed.push(*make_trades(1, 3), *make_trades(9, 12))
+    await sut.run()
+    assert world.published_ids == list(range(1, 13))
+    assert world.stats.gaps["BTCUSDT"] == 1
+    assert world.stats.backfilled_trades["BTCUSDT"] == 5
+    assert world.publisher.published[4] == make_trades(1, 20)[4]
+
+
+async def test_a_reconnect_catches_up_from_history_before_live_trades(world: World) -> None:
+    world.exchange.record(*make_trades(1, 30))
+    sut = world.loader(stop_after_records=30)
+    world.feed.push(*make_trades(1, 10))
+    world.feed.push_reconnected("dropped without a close frame")
+    world.feed.push(*make_trades(25, 30))
+    await sut.run()
+    assert world.published_ids == list(range(1, 31))
+    assert world.exchange.history_requests[0][:2] == ("BTCUSDT", 11)
+
+
+async def test_an_unfillable_gap_is_reported_and_the_run_goes_on(world: World) -> None:
+    world.exchange.refuse_history = "historicalTrades answered HTTP 403"
+    sut = world.loader(stop_after_records=6)
+    world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
+    outcome = await sut.run()
+    assert outcome.status is Status.FINISHED
+    assert world.published_ids == [1, 2, 3, 10, 11, 12]
+    messages = [e.message for e in world.events.events if e.status is Status.LOADING]
+    assert any("4..9 (6) could not be recovered" in m and "HTTP 403" in m for m in messages)
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 6
+
+
+async def test_a_gap_larger_than_allowed_is_not_fetched(world: World) -> None:
+    world.exchange.record(*make_trades(1, 200))
+    sut = world.loader(stop_after_records=2, backfill_max_trades=50)
+    world.feed.push(make_trade(1), make_trade(200))
+    await sut.run()
+    assert world.published_ids == [1, 200]
+    assert world.exchange.history_requests == []
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 198
+
+
+async def test_a_restart_resumes_after_the_last_trade_in_the_topic(world: World) -> None:
+    now_ms = int(world.clock.time() * 1000)
+    world.exchange.record(*make_trades(1, 40, timestamp=now_ms - 60_000))
+    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 59_000)]
+    sut = world.loader(stop_after_records=15)
+    world.feed.push(*make_trades(31, 35, timestamp=now_ms - 60_000))
+    await sut.run()
+    assert world.published_ids == list(range(21, 36))
+
+
+async def test_a_topic_tail_older_than_the_window_is_not_resumed(world: World) -> None:
+    now_ms = int(world.clock.time() * 1000)
+    world.exchange.record(*make_trades(1, 40))
+    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
+    sut = world.loader(stop_after_records=3, resume_window=3600)
+    world.feed.push(*make_trades(31, 33))
+    await sut.run()
+    assert world.published_ids == [31, 32, 33]
+
+
+async def test_several_symbols_are_sequenced_independently(world: World) -> None:
+    world.exchange.record(*make_trades(1, 10, symbol="ETHUSDT"))
+    sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), stop_after_records=7)
+    world.feed.push(
+        make_trade(500, symbol="BTCUSDT"),
+        make_trade(1, symbol="ETHUSDT"),
+        make_trade(501, symbol="BTCUSDT"),
+        make_trade(5, symbol="ETHUSDT"),
+    )
+    await sut.run()
+    by_symbol = {
+        s: [t.trade_id for t in world.publisher.published if t.symbol == s]
+        for s in ("BTCUSDT", "ETHUSDT")
+    }
+    assert by_symbol == {"BTCUSDT": [500, 501], "ETHUSDT": [1, 2, 3, 4, 5]}
+    assert world.events.events[0].symbol == "BTCUSDT,ETHUSDT"
+
+
+async def test_a_silent_stream_with_newer_trades_in_history_is_reconnected(world: World) -> None:
+    world.exchange.record(*make_trades(1, 10))
+    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 5))
+    await world.publisher.wait_for_count(5)
+    await world.clock.advance(59)
+    assert world.feed.reconnect_requests == []
+    await world.clock.advance(31)
+    assert world.feed.reconnect_requests == ["silent stream"]
+    sut.request_stop("done")
+    await run
+
+
+async def test_a_quiet_market_is_not_mistaken_for_a_silent_stream(world: World) -> None:
+    world.exchange.record(*make_trades(1, 5))
+    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 5))
+    await world.publisher.wait_for_count(5)
+    await world.clock.advance(200)
+    assert world.feed.reconnect_requests == []
+    sut.request_stop("done")
+    await run
+
+
+async def test_unacknowledged_trades_at_shutdown_end_with_exit_1(world: World) -> None:
+    world.publisher.auto_ack = False
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 3))
+    await world.publisher.wait_for_count(3)
+    sut.request_stop("SIGTERM received")
+    outcome = await run
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 1
+    assert "not acknowledged" in outcome.message

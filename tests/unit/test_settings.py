@@ -1,0 +1,155 @@
+"""Configuration: every variable validated at once, aliases honoured, secrets never shown."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from entrypoints.cli import main
+from entrypoints.settings import SettingsError, load_settings
+
+REQUIRED = {
+    "QUEUE_ID": "wf-ws-trades-20240801-a1b2c3",
+    "SYMBOL": "BTCUSDT",
+    "TYPE": "ws_trade",
+    "KAFKA_TOPIC": "wf-ws-trades-20240801-a1b2c3-data",
+    "TELEMETRY_PRODUCER_ID": "loader-ws-trades__a1b2c3",
+}
+SECRET = "s3cr3t-Pa55w0rd-never-shown"  # noqa: S105 - a test value to search the output for
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.isupper() and not name.startswith(("PATH", "HOME", "PYTHON", "LANG", "LC_")):
+            monkeypatch.delenv(name, raising=False)
+    for name, value in REQUIRED.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_defaults_follow_the_contract(env: pytest.MonkeyPatch) -> None:
+    sut = load_settings()
+    assert sut.kafka_bootstrap_servers == "localhost:9092"
+    assert sut.queue_control_topic == "queue-control"
+    assert sut.queue_events_topic == "queue-events"
+    assert sut.binance_ws_url == "wss://stream.binance.com:9443/ws"
+    assert sut.binance_rest_url == "https://api.binance.com"
+    assert sut.security_protocol == "PLAINTEXT"
+    assert sut.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert sut.telemetry_interval_sec == 5
+    assert sut.stop_after_records is None
+    assert sut.stop_after_seconds is None
+    assert (sut.log_level, sut.log_format, sut.metrics_port) == ("INFO", "json", 9108)
+
+
+def test_symbols_are_a_comma_separated_list_in_upper_case(env: pytest.MonkeyPatch) -> None:
+    env.setenv("SYMBOL", "btcusdt,EthUsdt")
+    assert load_settings().symbols == ("BTCUSDT", "ETHUSDT")
+
+
+def test_plural_type_is_the_same(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TYPE", "ws_trades")
+    assert load_settings().type == "ws_trade"
+
+
+@pytest.mark.parametrize(
+    ("user_var", "password_var"),
+    [("KAFKA_USER_PRODUCER", "KAFKA_PASSWORD_PRODUCER"), ("KAFKA_USER", "KAFKA_PASSWORD")],
+)
+def test_credentials_by_either_name_mean_sasl_ssl(
+    env: pytest.MonkeyPatch, user_var: str, password_var: str
+) -> None:
+    env.setenv(user_var, "producer")
+    env.setenv(password_var, SECRET)
+    sut = load_settings()
+    assert sut.security_protocol == "SASL_SSL"
+    connection = sut.kafka_connection()
+    assert connection.username == "producer"
+    assert connection.password == SECRET
+    assert SECRET not in repr(sut)
+    assert SECRET not in str(sut)
+    assert SECRET not in repr(connection)
+
+
+def test_every_problem_is_named_at_once(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("QUEUE_ID")
+    env.delenv("KAFKA_TOPIC")
+    env.setenv("TYPE", "rest_klines")
+    env.setenv("SYMBOL", "BTC USDT,ETHUSDT,ethusdt")
+    env.setenv("METRICS_PORT", "70000")
+    env.setenv("TELEMETRY_INTERVAL_SEC", "-1")
+    env.setenv("STOP_AFTER_RECORDS", "many")
+    env.setenv("CA_PATH", str(tmp_path / "missing.crt"))
+    env.setenv("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    env.setenv("KAFKA_USER_PRODUCER", "producer")
+    env.setenv("KAFKA_PASSWORD_PRODUCER", SECRET)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    text = str(caught.value)
+    for variable in (
+        "QUEUE_ID",
+        "KAFKA_TOPIC",
+        "TYPE",
+        "SYMBOL",
+        "METRICS_PORT",
+        "TELEMETRY_INTERVAL_SEC",
+        "STOP_AFTER_RECORDS",
+        "CA_PATH",
+        "KAFKA_SECURITY_PROTOCOL",
+    ):
+        assert f"{variable}:" in text, variable
+    assert "listed more than once: ETHUSDT" in text
+    assert SECRET not in text
+
+
+def test_a_ca_that_is_not_a_certificate_is_refused(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.crt"
+    bogus.write_text("hello")
+    env.setenv("CA_PATH", str(bogus))
+    with pytest.raises(SettingsError, match="not a PEM certificate"):
+        load_settings()
+
+
+def test_sasl_without_credentials_is_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(SettingsError, match="needs KAFKA_USER_PRODUCER"):
+        load_settings()
+
+
+def test_half_credentials_are_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("KAFKA_PASSWORD", SECRET)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "KAFKA_USER_PRODUCER: is required" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_sasl_plaintext_is_allowed_when_chosen_explicitly(env: pytest.MonkeyPatch) -> None:
+    env.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    env.setenv("KAFKA_USER", "producer")
+    env.setenv("KAFKA_PASSWORD", SECRET)
+    assert load_settings().security_protocol == "SASL_PLAINTEXT"
+
+
+def test_the_command_exits_2_with_one_readable_message_and_no_traceback(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.delenv("SYMBOL")
+    env.setenv("KAFKA_PASSWORD_PRODUCER", SECRET)
+    assert main(["run"]) == 2
+    captured = capsys.readouterr()
+    assert "SYMBOL: is required but not set" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert SECRET not in captured.err + captured.out
+
+
+def test_help_lists_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for variable in (*REQUIRED, "KAFKA_BOOTSTRAP_SERVERS", "CA_PATH", "METRICS_PORT", "LOG_FORMAT"):
+        assert variable in out
