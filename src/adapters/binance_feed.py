@@ -261,8 +261,8 @@ class BinanceTradeFeed(TradeFeed):
                 return None
             if delay > 0:
                 await asyncio.sleep(delay)
-            while (wait := self._window.wait_before_next(time.monotonic())) > 0:
-                await asyncio.sleep(wait)  # noqa: ASYNC110 - a timed wait, nothing to signal
+            while (wait := self._window.wait_before_next(time.monotonic())) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
             self._window.record(time.monotonic())
             self._connections += 1
             number = self._connections
