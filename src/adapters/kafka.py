@@ -223,6 +223,15 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
         logger.warning("Kafka producer stopped with an error: {error}", error=str(error))
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
+    """The partitions of ``topic`` as the broker sees them now, or None if it does not exist."""
+    # consumer.topics() fetches fresh metadata but does not store it, so partitions_for_topic()
+    # would go on answering from a cache that never learns of the topic.
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions: set[int] | None = cluster.partitions_for_topic(topic)
+    return partitions
+
+
 async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.stop(), 5.0)
@@ -402,10 +411,7 @@ class TopicTailReader:
             await _stop_quietly(consumer)
 
     async def _scan(self, consumer: AIOKafkaConsumer, wanted: set[str]) -> list[LastPublished]:
-        partitions = consumer.partitions_for_topic(self._topic)
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(self._topic)
+        partitions = await topic_partitions(consumer, self._topic)
         if not partitions:
             return []
         found: dict[str, LastPublished] = {}
@@ -537,8 +543,7 @@ class KafkaControlChannel(ControlChannel):
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         waited = False
         while True:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(self._topic)
+            partitions = await topic_partitions(consumer, self._topic)
             if partitions:
                 break
             if not waited:

@@ -1,0 +1,57 @@
+# loader-ws-trades: every target installs what it needs; see the README.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+
+.PHONY: help venv lint unit integration test demo bench kafka-up kafka-down sim-build clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements/dev.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the locked dependencies and the project
+
+kafka-up: ## start the local Kafka broker (PLAINTEXT and SASL_SSL+SCRAM) in the background
+	bash testbed/kafka/kafka.sh up
+
+kafka-down: ## stop the local Kafka broker
+	bash testbed/kafka/kafka.sh down
+
+sim-build: ## build the Binance-compatible exchange simulator
+	bash testbed/simulator/build.sh
+
+lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
+	$(BIN)/ruff check src tests testbed
+	$(BIN)/ruff format --check src tests testbed
+	$(BIN)/mypy src tests testbed
+	$(BIN)/lint-imports --no-cache
+
+unit: venv ## unit and property tests (no network)
+	$(BIN)/pytest tests/unit
+
+integration: venv kafka-up sim-build ## tests against the real broker, the simulator and the service process
+	$(BIN)/pytest tests/integration
+
+test: venv lint kafka-up sim-build ## everything CI runs: lint, unit, integration
+	$(BIN)/pytest tests
+
+demo: venv kafka-up sim-build ## run the loader on the local broker and simulator and show what happens
+	$(BIN)/python testbed/demo.py
+
+bench: venv kafka-up sim-build ## end-to-end throughput, latency and hot-path benchmarks
+	$(BIN)/python bench/run.py
+
+clean: ## stop the broker and remove the venv and local state
+	-bash testbed/kafka/kafka.sh down
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,246 @@
+"""The real service process against the real broker and the exchange simulator."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.kafka_broker import BrokerEnv
+from support.recorded import CURRENT, LEGACY, trades
+from support.service import LoaderProcess, loader_env
+from support.simulator import Simulator
+from support.topics import Record, TopicSet, publish, read_all, trade_ids
+
+EVENT_FIELDS = {
+    "queue_id",
+    "symbol",
+    "type",
+    "status",
+    "message",
+    "records_written",
+    "finished",
+    "producer",
+    "timestamp",
+}
+
+
+def exact(record: Record) -> dict[str, Any]:
+    """A trade message parsed with decimals, as a careful consumer reads it."""
+    parsed: dict[str, Any] = json.loads(record.value, parse_float=Decimal)
+    return parsed
+
+
+def expected_message(data: dict[str, Any], symbol: str) -> dict[str, Any]:
+    return {
+        "trade_id": data["t"],
+        "price": Decimal(data["p"]),
+        "quantity": Decimal(data["q"]),
+        "timestamp": data["T"],
+        "is_buyer_maker": data["m"],
+        "symbol": symbol,
+    }
+
+
+def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
+    assert events, "no telemetry"
+    for event in events:
+        assert set(event) == EVENT_FIELDS
+        assert event["queue_id"] == queue_id
+        assert event["type"] == "ws_trade"
+        assert isinstance(event["timestamp"], float)
+    statuses = [e["status"] for e in events]
+    assert statuses[0] == "started"
+    assert statuses[-1] == final
+    assert set(statuses[1:-1]) <= {"loading"}
+    assert [e["finished"] for e in events] == [False] * (len(events) - 1) + [True]
+    counts = [e["records_written"] for e in events]
+    assert counts == sorted(counts)
+    assert counts[-1] == written
+
+
+async def events_of(broker: BrokerEnv, topics: TopicSet) -> list[dict[str, Any]]:
+    return [r.json() for r in await read_all(broker.plaintext, topics.events)]
+
+
+@pytest.mark.parametrize("source", [CURRENT, LEGACY], ids=["current", "legacy-b-a"])
+async def test_recorded_trades_arrive_complete_in_order_once_and_exact(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+    source: Path,
+) -> None:
+    recorded = trades(source)
+    sim = simulator("--market", f"BTCUSDT=replay:{source}", "--rate", "4000", "--keep-times")
+    env = loader_env(broker, topics, sim, STOP_AFTER_RECORDS=str(len(recorded)))
+    process = await loader(env).start()
+    assert await process.wait(120) == 0, process.output()[-3000:]
+
+    records = await read_all(broker.plaintext, topics.data)
+    assert [exact(r) for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
+    assert {r.key for r in records} == {b"BTCUSDT"}
+    assert len({r.partition for r in records}) == 1
+    assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
+    state = sim.state()
+    assert state["markets"]["BTCUSDT"]["first_id"] == recorded[0]["t"]
+
+
+async def test_two_symbols_over_one_combined_stream(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    btc = trades(CURRENT)
+    eth = trades(LEGACY)
+    sim = simulator(
+        "--market", f"BTCUSDT=replay:{CURRENT}", "--market", f"ETHUSDT=replay:{LEGACY}",
+        "--rate", "2000", "--keep-times",
+    )  # fmt: skip
+    env = loader_env(
+        broker, topics, sim, symbols="BTCUSDT,ETHUSDT", STOP_AFTER_RECORDS=str(len(btc) + len(eth))
+    )
+    process = await loader(env).start()
+    assert await process.wait(120) == 0, process.output()[-3000:]
+
+    records = await read_all(broker.plaintext, topics.data)
+    for symbol, recorded in (("BTCUSDT", btc), ("ETHUSDT", eth)):
+        mine = [r for r in records if r.key == symbol.encode()]
+        assert [exact(r) for r in mine] == [expected_message(d, symbol) for d in recorded]
+    events = await events_of(broker, topics)
+    assert_telemetry(events, env["QUEUE_ID"], "finished", len(btc) + len(eth))
+    assert {e["symbol"] for e in events} == {"BTCUSDT,ETHUSDT"}
+
+
+async def test_a_stop_command_ends_the_run_with_exit_0_and_interrupted(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=7", "--rate", "300")
+    env = loader_env(broker, topics, sim)
+    process = await loader(env).start()
+    await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= 200, timeout=60)
+    queue = env["QUEUE_ID"]
+    await publish(
+        broker.plaintext,
+        topics.control,
+        b'{"command":"stop","queue_id":"someone-else"}',
+        b"not json at all",
+        b'{"command":"stop"}',
+        json.dumps({"command": "stop", "queue_id": queue}).encode(),
+    )
+    assert await process.wait(60) == 0, process.output()[-3000:]
+
+    ids = trade_ids(await read_all(broker.plaintext, topics.data))
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    events = await events_of(broker, topics)
+    assert_telemetry(events, queue, "interrupted", len(ids))
+    assert "Stop command" in events[-1]["message"]
+
+
+async def test_a_stop_published_before_the_loader_started_is_honoured(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=1", "--rate", "50")
+    env = loader_env(broker, topics, sim)
+    command = {"command": "stop", "queue_id": env["QUEUE_ID"]}
+    await publish(broker.plaintext, topics.control, json.dumps(command).encode())
+    process = await loader(env).start()
+    assert await process.wait(60) == 0, process.output()[-3000:]
+    events = await events_of(broker, topics)
+    assert [e["status"] for e in events][-1] == "interrupted"
+    assert events[0]["status"] == "started"
+
+
+async def test_commands_for_other_queues_are_ignored(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=2", "--rate", "500")
+    env = loader_env(broker, topics, sim, STOP_AFTER_RECORDS="300")
+    await publish(
+        broker.plaintext,
+        topics.control,
+        b'{"command":"stop","queue_id":"wf-some-other-queue"}',
+        b'{"command":"restart","queue_id":"' + env["QUEUE_ID"].encode() + b'"}',
+        b"[]",
+        b"\xff\xfe",
+    )
+    process = await loader(env).start()
+    assert await process.wait(60) == 0, process.output()[-3000:]
+    events = await events_of(broker, topics)
+    assert events[-1]["status"] == "finished"
+    assert events[-1]["records_written"] == 300
+    assert len(await read_all(broker.plaintext, topics.data)) == 300
+
+
+async def test_sigterm_drains_and_ends_interrupted(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=3", "--rate", "1000")
+    env = loader_env(broker, topics, sim)
+    process = await loader(env).start()
+    await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= 500, timeout=60)
+    process.signal(signal.SIGTERM)
+    assert await process.wait(30) == 0, process.output()[-3000:]
+    ids = trade_ids(await read_all(broker.plaintext, topics.data))
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    events = await events_of(broker, topics)
+    assert_telemetry(events, env["QUEUE_ID"], "interrupted", len(ids))
+    assert "SIGTERM" in events[-1]["message"]
+
+
+async def test_an_unknown_symbol_ends_with_exit_2_and_an_error_event(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=4", "--rate", "10")
+    env = loader_env(broker, topics, sim, symbols="BTCUSDT,NOSUCHCOIN")
+    process = await loader(env).start()
+    assert await process.wait(60) == 2, process.output()[-3000:]
+    events = await events_of(broker, topics)
+    assert [e["status"] for e in events] == ["started", "error"]
+    assert "NOSUCHCOIN" in events[-1]["message"]
+    assert "BTCUSDT" not in events[-1]["message"].split(":")[-1]
+    assert await read_all(broker.plaintext, topics.data) == []
+
+
+async def test_sasl_ssl_with_scram_and_the_ca(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    recorded = trades(LEGACY)
+    sim = simulator("--market", f"BTCUSDT=replay:{LEGACY}", "--rate", "3000", "--keep-times")
+    env = loader_env(broker, topics, sim, STOP_AFTER_RECORDS=str(len(recorded)))
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_ssl,
+        "KAFKA_USER_PRODUCER": broker.producer_user,
+        "KAFKA_PASSWORD_PRODUCER": broker.producer_password,
+        "CA_PATH": str(broker.ca_path),
+    }
+    process = await loader(env).start()
+    assert await process.wait(120) == 0, process.output()[-3000:]
+    records = await read_all(broker.plaintext, topics.data)
+    assert [exact(r) for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
+    assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
+    assert broker.producer_password not in process.output()
