@@ -43,7 +43,8 @@ unit: venv ## unit and property tests (no network)
 integration: venv kafka-up sim-build ## tests against the real broker, the simulator and the service process
 	$(BIN)/pytest tests/integration
 
-test: venv lint kafka-up sim-build ## everything CI runs: lint, unit, integration
+test: venv lint kafka-up sim-build ## everything CI runs: lint, the simulator's tests, unit, integration
+	cd testbed/simulator && go vet ./... && go test ./...
 	$(BIN)/pytest tests
 
 demo: venv kafka-up sim-build ## run the loader on the local broker and simulator and show what happens

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import AliasChoices
 
 from entrypoints.cli import main
-from entrypoints.settings import SettingsError, load_settings
+from entrypoints.settings import Settings, SettingsError, load_settings
 
 REQUIRED = {
     "QUEUE_ID": "wf-ws-trades-20240801-a1b2c3",
@@ -153,3 +154,12 @@ def test_help_lists_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for variable in (*REQUIRED, "KAFKA_BOOTSTRAP_SERVERS", "CA_PATH", "METRICS_PORT", "LOG_FORMAT"):
         assert variable in out
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        for name in names:
+            assert f"`{name}`" in readme, f"{name} is missing from the README"
