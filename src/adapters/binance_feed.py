@@ -198,11 +198,12 @@ class BinanceTradeFeed(TradeFeed):
             previous, current = current, link
             if previous is not None:
                 # A planned replacement: the new connection is open, the old one can go.
-                if previous.reader is not None and previous.reader.done():
-                    self._buffer.append(Reconnected(reason))
                 asyncio.create_task(self._shut(previous))  # noqa: RUF006 - tracked in _links
-            elif self._connections > 1:
+            if self._connections > 1:
+                # The old connection may have missed trades (it went silent, or closed before
+                # the new one opened): the use case checks history; overlaps are dropped by id.
                 self._buffer.append(Reconnected(reason))
+                self._arrived.set()
             link.reader = asyncio.create_task(self._read(link), name=f"feed-reader-{link.number}")
             self._stats.feed_connected = True
             reason, lost = await self._hold(link)
@@ -256,9 +257,12 @@ class BinanceTradeFeed(TradeFeed):
             now = time.monotonic()
             delay = self._tuning.backoff.delay(attempt, self._rand()) if attempt >= 1 else 0.0
             delay = max(delay, self._window.wait_before_next(now))
-            if attempt >= 1 and now + delay - down_since > self._tuning.unavailable_timeout:
+            deadline = down_since + self._tuning.unavailable_timeout
+            if attempt >= 1 and now >= deadline:
                 self._fail(now - down_since)
                 return None
+            # The last attempt is made at the deadline rather than never.
+            delay = min(delay, max(0.0, deadline - now))
             if delay > 0:
                 await asyncio.sleep(delay)
             while (wait := self._window.wait_before_next(time.monotonic())) > 0:  # noqa: ASYNC110

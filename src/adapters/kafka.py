@@ -126,9 +126,11 @@ def classify_kafka_error(error: BaseException, connection: KafkaConnection) -> L
                 f"Kafka authorisation refused at {connection.who}: {_describe(cause)}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
+            # ssl.CertificateError raised by name-checking code carries no verify_message.
+            reason = getattr(cause, "verify_message", None) or cause
             return BrokerTlsError(
                 f"the Kafka broker's TLS certificate was not trusted at {connection.who}: "
-                f"{cause.verify_message or cause} (check CA_PATH and the broker address)"
+                f"{reason} (check CA_PATH and the broker address)"
             )
         if isinstance(cause, ssl.SSLError):
             return BrokerTlsError(f"TLS with the Kafka broker failed at {connection.who}: {cause}")
@@ -283,6 +285,8 @@ class KafkaTradePublisher(TradePublisher):
     async def publish(self, trade: Trade, received_at: float) -> None:
         if self._failure is not None:
             raise self._failure
+        if self._pending:
+            self._check_outage()
         if self._pending >= self._tuning.max_in_flight_trades:
             await self._wait(self._window_open, "in-flight window to free up")
         symbol = trade.symbol
@@ -329,6 +333,8 @@ class KafkaTradePublisher(TradePublisher):
         now = time.monotonic()
         self._acked += 1
         self._last_progress = now
+        if not self._stats.broker_reachable:
+            self._stats.broker_reachable = True
         self._stats.published[symbol] += 1
         self._stats.latency.observe(now - received_at)
 
@@ -462,21 +468,31 @@ class KafkaEventPublisher(EventPublisher):
         topic: str,
         connection: KafkaConnection,
         timeout: float,
+        stats: RunStats,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._connection = connection
         self._timeout = timeout
+        self._stats = stats
+        self._unacknowledged = False
 
     async def publish(self, event: TelemetryEvent) -> None:
+        # Once the broker is known to be away, the event (the terminal one, as the run ends)
+        # gets a short bound: the run must not wait out the outage bound a second time.
+        known_down = self._unacknowledged or not self._stats.broker_reachable
+        timeout = min(self._timeout, 3.0) if known_down else self._timeout
         try:
             await asyncio.wait_for(
                 self._producer.send_and_wait(
                     self._topic, encode_event(event), key=event.queue_id.encode()
                 ),
-                self._timeout,
+                timeout,
             )
+            self._unacknowledged = False
         except TimeoutError:
+            self._unacknowledged = True
+            self._stats.broker_reachable = False
             raise BrokerUnavailableError(
                 f"Kafka did not acknowledge a telemetry event within {self._timeout:g} s "
                 f"at {self._connection.who}"

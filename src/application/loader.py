@@ -21,7 +21,7 @@ from application.ports import (
     TradeHistory,
     TradePublisher,
 )
-from domain.errors import LoaderError, PermanentFailure
+from domain.errors import BrokerUnavailableError, LoaderError, PermanentFailure
 from domain.messages import TelemetryEvent
 from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
@@ -96,6 +96,7 @@ class TradeLoader:
         self._ending: _Ending | None = None
         self._ended = asyncio.Event()
         self._last_arrival = 0.0
+        self._broker_failed = False
 
     @property
     def state(self) -> LoaderState:
@@ -426,6 +427,8 @@ class TradeLoader:
     # Ending.
 
     def _fail(self, error: LoaderError) -> None:
+        if isinstance(error, BrokerUnavailableError):
+            self._broker_failed = True
         exit_code = 2 if isinstance(error, PermanentFailure) else 1
         self._end(Status.ERROR, str(error), exit_code)
 
@@ -439,8 +442,12 @@ class TradeLoader:
         if ending is None:  # pragma: no cover - _stream always decides an ending
             ending = _Ending(Status.ERROR, "The run ended without a reason", 1)
             self._ending = ending
+        # A failed run still publishes what it can, but need not wait long on a broker that failed.
+        bound = self._config.drain_timeout
+        if ending.status is Status.ERROR:
+            bound = 0.0 if self._broker_failed else min(bound, 5.0)
         try:
-            await self._publisher.flush(self._config.drain_timeout)
+            await self._publisher.flush(bound)
         except LoaderError as error:
             logger.error("Flushing trades at shutdown failed: {error}", error=str(error))
             if ending.status is not Status.ERROR:

@@ -48,7 +48,7 @@ async def kafka_producer(
     try:
         yield producer
     finally:
-        await stop_producer(producer, stop_timeout)
+        await stop_producer(producer, stop_timeout if stats.broker_reachable else 1.0)
 
 
 async def rest_client(settings: Settings) -> AsyncIterator[BinanceRestClient]:
@@ -71,9 +71,8 @@ class Container(containers.DeclarativeContainer):
     producer_tuning = providers.Singleton(settings.provided.producer_tuning.call())
 
     monitoring = providers.Resource(monitoring_server, settings, stats)
-    producer = providers.Resource(
-        kafka_producer, connection, producer_tuning, stats, settings.provided.drain_timeout_sec
-    )
+    # Stopping flushes nothing more (the use case flushed already), so a short bound suffices.
+    producer = providers.Resource(kafka_producer, connection, producer_tuning, stats, 5.0)
     rest = providers.Resource(rest_client, settings)
 
     trade_publisher = providers.Singleton(
@@ -90,6 +89,7 @@ class Container(containers.DeclarativeContainer):
         settings.provided.queue_events_topic,
         connection,
         settings.provided.kafka_outage_timeout_sec,
+        stats,
     )
     control = providers.Singleton(
         KafkaControlChannel,

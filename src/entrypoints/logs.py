@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
@@ -46,16 +47,37 @@ def _format_exception(exception: Any) -> list[str]:
 
 
 class _ToLoguru(logging.Handler):
-    """Routes the libraries' standard logging (aiokafka, websockets, aiohttp) to loguru."""
+    """Routes the libraries' standard logging (aiokafka, websockets, aiohttp) to loguru.
+
+    A library that retries in a loop (aiokafka while the broker is away) repeats one line
+    thousands of times a second: each distinct line passes at most once per ``REPEAT_SECONDS``,
+    with the count of the ones held back.
+    """
+
+    REPEAT_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        key = (record.name, text)
+        now = time.monotonic()
+        last, held = self._seen.get(key, (float("-inf"), 0))
+        if now - last < self.REPEAT_SECONDS:
+            self._seen[key] = (last, held + 1)
+            return
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            text = f"{text} (and {held} more like it in the last {now - last:.0f} s)"
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(exception=record.exc_info, depth=6).bind(library=record.name).log(
-            level, record.getMessage()
-        )
+        logger.opt(exception=record.exc_info, depth=6).bind(library=record.name).log(level, text)
 
 
 def configure_logging(
@@ -82,8 +104,3 @@ def configure_logging(
             colorize=out.isatty(),
         )
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
-
-
-def stamp() -> str:
-    """Now in UTC as ISO 8601, for messages shown to people."""
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -322,3 +322,14 @@ class Simulator:
                     f"for {timeout:.1f} s"
                 )
             time.sleep(0.02)
+
+    def wait_open_connections(self, n: int, timeout: float) -> dict[str, Any]:
+        """Wait until at least `n` WebSocket connections are open; return the connection counts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            connections: dict[str, Any] = self.state()["connections"]
+            if connections["open"] >= n:
+                return connections
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{connections['open']} connections open, waited for {n}")
+            time.sleep(0.02)

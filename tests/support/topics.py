@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from adapters.kafka import topic_partitions
 
@@ -85,7 +85,10 @@ async def read_all(
         deadline = time.monotonic() + timeout
         partitions: set[int] | None = None
         while partitions is None:
-            partitions = await topic_partitions(consumer, topic)
+            try:
+                partitions = await topic_partitions(consumer, topic)
+            except KafkaError:  # a broker just resumed or restarted answers late
+                partitions = None
             if partitions is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"topic {topic} never appeared")
