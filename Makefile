@@ -36,6 +36,7 @@ lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
 	$(BIN)/ruff format --check src tests testbed
 	$(BIN)/mypy src tests testbed
 	$(BIN)/lint-imports --no-cache
+	bash testbed/deploy_check.sh
 
 unit: venv ## unit and property tests (no network)
 	$(BIN)/pytest tests/unit

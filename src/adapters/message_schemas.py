@@ -27,13 +27,12 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.kafka_codec import MAX_CONTROL_BYTES
 from domain.state import Status
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SYMBOL_PATTERN: Final = r"^[A-Z0-9]{2,30}$"
 SYMBOLS_PATTERN: Final = r"^[A-Z0-9]{2,30}(,[A-Z0-9]{2,30})*$"
-TOPIC_PATTERN: Final = r"^[A-Za-z0-9._-]{1,249}$"
-MAX_CONTROL_BYTES: Final = 64 * 1024
 
 TRADE_EXAMPLE: Final[dict[str, Any]] = {
     "trade_id": 3735683259,
