@@ -6,18 +6,25 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from loguru import logger
 
-from adapters.kafka_codec import decode_command, decode_trade_position, encode_event, encode_trade
+from adapters.kafka_codec import (
+    decode_command,
+    decode_event,
+    decode_trade_position,
+    encode_command,
+    encode_event,
+    encode_trade,
+)
 from adapters.metrics import RunStats
 from application.ports import (
     ControlChannel,
@@ -501,6 +508,61 @@ class KafkaEventPublisher(EventPublisher):
             raise classify_kafka_error(error, self._connection) from None
 
 
+async def read_from_start(
+    connection: KafkaConnection, topic: str, timeout: float, poll_interval: float = 2.0
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of every partition of ``topic`` from the earliest retained one, then live.
+
+    No consumer group: nothing is committed and no other reader can take records away. A topic
+    that does not exist yet is waited for.
+    """
+    consumer = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **connection.options(),
+    )
+    try:
+        try:
+            await asyncio.wait_for(consumer.start(), timeout)
+            await _assign_from_start(consumer, topic, poll_interval)
+        except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
+            raise classify_kafka_error(error, connection) from None
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000)
+            except kafka_errors.KafkaError as error:
+                failure = classify_kafka_error(error, connection)
+                if isinstance(failure, BrokerUnavailableError):
+                    logger.warning("Reading {topic} failed: {e}", topic=topic, e=str(failure))
+                    await asyncio.sleep(poll_interval)
+                    continue
+                raise failure from None
+            for records in batches.values():
+                for record in records:
+                    yield record
+    finally:
+        await _stop_quietly(consumer)
+
+
+async def _assign_from_start(consumer: AIOKafkaConsumer, topic: str, poll_interval: float) -> None:
+    waited = False
+    while True:
+        partitions = await topic_partitions(consumer, topic)
+        if partitions:
+            break
+        if not waited:
+            logger.warning("Topic {topic} does not exist yet; waiting for it", topic=topic)
+            waited = True
+        await asyncio.sleep(poll_interval)
+    assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assignment)
+    await consumer.seek_to_beginning(*assignment)
+    logger.info(
+        "Reading {topic} ({n} partitions) from the earliest offset", topic=topic, n=len(assignment)
+    )
+
+
 class KafkaControlChannel(ControlChannel):
     """Reads every partition of the control topic from the start, without a consumer group."""
 
@@ -510,69 +572,54 @@ class KafkaControlChannel(ControlChannel):
         topic: str,
         timeout: float,
         poll_interval: float = 2.0,
-        consumer_factory: Callable[..., AIOKafkaConsumer] = AIOKafkaConsumer,
     ) -> None:
         self._connection = connection
         self._topic = topic
         self._timeout = timeout
         self._poll_interval = poll_interval
-        self._consumer_factory = consumer_factory
 
     async def commands(self) -> AsyncIterator[ControlCommand]:
-        consumer = self._consumer_factory(
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self._connection.options(),
-        )
-        try:
-            try:
-                await asyncio.wait_for(consumer.start(), self._timeout)
-                await self._assign(consumer)
-            except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
-                raise classify_kafka_error(error, self._connection) from None
-            while True:
-                try:
-                    batches = await consumer.getmany(timeout_ms=1000)
-                except kafka_errors.KafkaError as error:
-                    failure = classify_kafka_error(error, self._connection)
-                    if isinstance(failure, BrokerUnavailableError):
-                        logger.warning("Control topic read failed: {e}", e=str(failure))
-                        await asyncio.sleep(self._poll_interval)
-                        continue
-                    raise failure from None
-                for records in batches.values():
-                    for record in records:
-                        command = decode_command(record.value)
-                        if isinstance(command, str):
-                            logger.warning(
-                                "Ignoring malformed control message at {tp}@{offset}: {reason}",
-                                tp=f"{record.topic}/{record.partition}",
-                                offset=record.offset,
-                                reason=command,
-                            )
-                            continue
-                        yield command
-        finally:
-            await _stop_quietly(consumer)
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        waited = False
-        while True:
-            partitions = await topic_partitions(consumer, self._topic)
-            if partitions:
-                break
-            if not waited:
+        records = read_from_start(self._connection, self._topic, self._timeout, self._poll_interval)
+        async for record in records:
+            command = decode_command(record.value)
+            if isinstance(command, str):
                 logger.warning(
-                    "Control topic {topic} does not exist yet; waiting for it", topic=self._topic
+                    "Ignoring malformed control message at {tp}@{offset}: {reason}",
+                    tp=f"{record.topic}/{record.partition}",
+                    offset=record.offset,
+                    reason=command,
                 )
-                waited = True
-            await asyncio.sleep(self._poll_interval)
-        assignment = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        consumer.assign(assignment)
-        await consumer.seek_to_beginning(*assignment)
-        logger.info(
-            "Listening for commands on {topic} ({n} partitions, from the earliest offset)",
-            topic=self._topic,
-            n=len(assignment),
+                continue
+            yield command
+
+
+async def send_command(
+    connection: KafkaConnection, topic: str, command: ControlCommand, timeout: float
+) -> None:
+    """Publish one control command and wait for the broker's acknowledgement."""
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **connection.options())
+    try:
+        await asyncio.wait_for(producer.start(), timeout)
+        await asyncio.wait_for(
+            producer.send_and_wait(topic, encode_command(command), key=command.queue_id.encode()),
+            timeout,
         )
+    except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
+        failure = (
+            await diagnose(connection)
+            if isinstance(error, kafka_errors.KafkaConnectionError)
+            else None
+        )
+        raise (failure or classify_kafka_error(error, connection)) from None
+    finally:
+        await _stop_quietly(producer)
+
+
+async def follow_events(
+    connection: KafkaConnection, topic: str, queue_id: str, timeout: float
+) -> AsyncIterator[TelemetryEvent]:
+    """The telemetry events of one queue, oldest first, then live as they come."""
+    async for record in read_from_start(connection, topic, timeout):
+        event = decode_event(record.value)
+        if event is not None and event.queue_id == queue_id:
+            yield event

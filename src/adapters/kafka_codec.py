@@ -7,6 +7,7 @@ from typing import Final
 import orjson
 
 from domain.messages import ControlCommand, TelemetryEvent
+from domain.state import Status
 from domain.trade import Trade, plain_decimal
 
 MAX_CONTROL_BYTES: Final = 64 * 1024
@@ -63,6 +64,38 @@ def decode_command(value: bytes | None) -> ControlCommand | str:
     if type(command) is not str or type(queue_id) is not str:
         return "command and queue_id must be strings"
     return ControlCommand(command=command, queue_id=queue_id)
+
+
+def decode_event(value: bytes | None) -> TelemetryEvent | None:
+    """A telemetry event as the loader writes it, or None if the message is not one."""
+    if value is None or len(value) > MAX_CONTROL_BYTES:
+        return None
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict:
+        return None
+    try:
+        event = TelemetryEvent(
+            queue_id=message["queue_id"],
+            symbol=message["symbol"],
+            type=message["type"],
+            status=Status(message["status"]),
+            message=message["message"],
+            records_written=message["records_written"],
+            finished=message["finished"],
+            producer=message["producer"],
+            timestamp=float(message["timestamp"]),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+    texts = (event.queue_id, event.symbol, event.type, event.message, event.producer)
+    if not all(isinstance(text, str) for text in texts):
+        return None
+    if type(event.records_written) is not int or type(event.finished) is not bool:
+        return None
+    return event
 
 
 def decode_trade_position(value: bytes | None) -> tuple[str, int, int] | None:

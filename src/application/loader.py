@@ -97,6 +97,7 @@ class TradeLoader:
         self._ended = asyncio.Event()
         self._last_arrival = 0.0
         self._broker_failed = False
+        self._stopping_since = 0.0
 
     @property
     def state(self) -> LoaderState:
@@ -170,6 +171,7 @@ class TradeLoader:
             helpers.append(asyncio.create_task(self._watch(self._time_bound), name="time-bound"))
         try:
             await self._wait_end_or(pump)
+            self._stopping_since = self._clock.monotonic()
             await self._feed.close()
             await self._drain(pump)
         finally:
@@ -442,8 +444,10 @@ class TradeLoader:
         if ending is None:  # pragma: no cover - _stream always decides an ending
             ending = _Ending(Status.ERROR, "The run ended without a reason", 1)
             self._ending = ending
+        # Draining and flushing share one bound, so the whole stop fits the pod's grace period.
         # A failed run still publishes what it can, but need not wait long on a broker that failed.
-        bound = self._config.drain_timeout
+        spent = self._clock.monotonic() - self._stopping_since
+        bound = max(self._config.drain_timeout - spent, 0.5)
         if ending.status is Status.ERROR:
             bound = 0.0 if self._broker_failed else min(bound, 5.0)
         try:

@@ -7,16 +7,26 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import uvloop
 from dependency_injector.wiring import Provide, inject
 from loguru import logger
 
+from adapters.kafka import follow_events, send_command
 from application.loader import TradeLoader
 from domain.errors import LoaderError, PermanentFailure
+from domain.messages import ControlCommand, TelemetryEvent
+from domain.state import Status
 from entrypoints.container import Container
 from entrypoints.logs import configure_logging
-from entrypoints.settings import Settings, SettingsError, load_settings, variables_help
+from entrypoints.settings import (
+    KafkaSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    variables_help,
+)
 
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
@@ -42,6 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the loader (the default)")
+    stop = commands.add_parser(
+        "stop",
+        help="ask the loader of a queue to stop (publishes a stop command)",
+        description='Publish {"command": "stop", "queue_id": QUEUE_ID} to '
+        "QUEUE_CONTROL_TOPIC, using the same KAFKA_* variables as the loader.",
+    )
+    stop.add_argument("--queue-id", required=True, help="the QUEUE_ID of the loader to stop")
+    events = commands.add_parser(
+        "events",
+        help="follow a queue's telemetry in the terminal",
+        description="Print the telemetry events of one queue from QUEUE_EVENTS_TOPIC, oldest "
+        "first, then live, until its terminal event; uses the same KAFKA_* variables.",
+    )
+    events.add_argument("--queue-id", required=True, help="the QUEUE_ID to follow")
+    events.add_argument(
+        "--keep-following",
+        action="store_true",
+        help="do not exit at the terminal event (a Job retry may start the queue again)",
+    )
     return parser
 
 
@@ -49,7 +78,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in (None, "run"):
         return run_job()
-    return EXIT_PERMANENT  # pragma: no cover - argparse rejects unknown commands
+    try:
+        settings = load_settings(KafkaSettings)
+    except SettingsError as error:
+        sys.stderr.write(f"loader-ws-trades: {error}\n")
+        return EXIT_PERMANENT
+    configure_logging("WARNING", "text", stream=sys.stderr)
+    if args.command == "stop":
+        return uvloop.run(_send_stop(settings, args.queue_id))
+    return uvloop.run(_show_events(settings, args.queue_id, keep=args.keep_following))
+
+
+async def _send_stop(settings: KafkaSettings, queue_id: str) -> int:
+    command = ControlCommand("stop", queue_id)
+    try:
+        await send_command(
+            settings.kafka_client("loader-ws-trades-operator"),
+            settings.queue_control_topic,
+            command,
+            settings.kafka_connect_timeout_sec,
+        )
+    except LoaderError as error:
+        sys.stderr.write(f"loader-ws-trades: stop not sent: {error}\n")
+        return EXIT_PERMANENT if isinstance(error, PermanentFailure) else EXIT_RETRYABLE
+    sys.stdout.write(f"stop sent to queue {queue_id} on {settings.queue_control_topic}\n")
+    return EXIT_OK
+
+
+async def _show_events(settings: KafkaSettings, queue_id: str, *, keep: bool) -> int:
+    live = sys.stdout.isatty()
+    connection = settings.kafka_client("loader-ws-trades-operator")
+    try:
+        events = follow_events(
+            connection, settings.queue_events_topic, queue_id, settings.kafka_connect_timeout_sec
+        )
+        async for event in events:
+            line = render_event(event)
+            if live and event.status is Status.LOADING:
+                # A person at a terminal sees one line whose count keeps climbing.
+                sys.stdout.write(f"\r\x1b[2K{line}")
+            else:
+                sys.stdout.write(f"\r\x1b[2K{line}\n" if live else f"{line}\n")
+            sys.stdout.flush()
+            if event.finished and not keep:
+                return EXIT_OK
+    except LoaderError as error:
+        sys.stderr.write(f"loader-ws-trades: cannot read events: {error}\n")
+        return EXIT_PERMANENT if isinstance(error, PermanentFailure) else EXIT_RETRYABLE
+    except asyncio.CancelledError:  # pragma: no cover - Ctrl-C
+        return EXIT_OK
+    return EXIT_OK  # pragma: no cover - the event stream does not end by itself
+
+
+def render_event(event: TelemetryEvent) -> str:
+    """One readable line for a telemetry event."""
+    when = datetime.fromtimestamp(event.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"{when}  {event.status.value:<11} {event.records_written:>12,} records  "
+        f"{event.symbol}  {event.message}"
+    )
 
 
 def run_job() -> int:

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar, overload
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,11 +20,13 @@ from domain.backoff import Backoff
 SYMBOL_PATTERN: Final = re.compile(r"[A-Z0-9]{2,30}")
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
+_S = TypeVar("_S", bound="KafkaSettings")
+
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
 
-class Settings(BaseSettings):
-    """The service's environment variables (see the README for each one's meaning)."""
+class KafkaSettings(BaseSettings):
+    """The brokers and the queue topics: shared by the Job and the operator's commands."""
 
     model_config = SettingsConfigDict(
         case_sensitive=True,
@@ -32,15 +34,6 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         hide_input_in_errors=True,
-    )
-
-    # Required.
-    queue_id: str = Field(validation_alias="QUEUE_ID", min_length=1, max_length=249)
-    symbols: Annotated[tuple[str, ...], NoDecode] = Field(validation_alias="SYMBOL")
-    type: Literal["ws_trade"] = Field(validation_alias="TYPE")
-    kafka_topic: str = Field(validation_alias="KAFKA_TOPIC", pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    telemetry_producer_id: str = Field(
-        validation_alias="TELEMETRY_PRODUCER_ID", min_length=1, max_length=249
     )
 
     # Broker.
@@ -65,8 +58,39 @@ class Settings(BaseSettings):
     queue_control_topic: str = Field(
         "queue-control", validation_alias="QUEUE_CONTROL_TOPIC", pattern=r"^[A-Za-z0-9._-]{1,249}$"
     )
+    kafka_connect_timeout_sec: Seconds = Field(60.0, validation_alias="KAFKA_CONNECT_TIMEOUT_SEC")
     queue_events_topic: str = Field(
         "queue-events", validation_alias="QUEUE_EVENTS_TOPIC", pattern=r"^[A-Za-z0-9._-]{1,249}$"
+    )
+
+    @property
+    def security_protocol(self) -> str:
+        if self.kafka_security_protocol is not None:
+            return self.kafka_security_protocol
+        return "SASL_SSL" if self.kafka_password is not None else "PLAINTEXT"
+
+    def kafka_client(self, client_id: str) -> KafkaConnection:
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_user,
+            password=self.kafka_password.get_secret_value() if self.kafka_password else None,
+            ca_path=str(self.ca_path) if self.ca_path else None,
+            client_id=client_id,
+        )
+
+
+class Settings(KafkaSettings):
+    """The service's environment variables (see the README for each one's meaning)."""
+
+    # Required.
+    queue_id: str = Field(validation_alias="QUEUE_ID", min_length=1, max_length=249)
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(validation_alias="SYMBOL")
+    type: Literal["ws_trade"] = Field(validation_alias="TYPE")
+    kafka_topic: str = Field(validation_alias="KAFKA_TOPIC", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    telemetry_producer_id: str = Field(
+        validation_alias="TELEMETRY_PRODUCER_ID", min_length=1, max_length=249
     )
 
     # Exchange.
@@ -103,7 +127,6 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(
         30_000, ge=1000, le=600_000, validation_alias="KAFKA_REQUEST_TIMEOUT_MS"
     )
-    kafka_connect_timeout_sec: Seconds = Field(60.0, validation_alias="KAFKA_CONNECT_TIMEOUT_SEC")
     kafka_outage_timeout_sec: Seconds = Field(120.0, validation_alias="KAFKA_OUTAGE_TIMEOUT_SEC")
     max_in_flight_trades: int = Field(
         100_000, ge=1, le=10_000_000, validation_alias="MAX_IN_FLIGHT_TRADES"
@@ -170,12 +193,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a PEM certificate")
         return value
 
-    @property
-    def security_protocol(self) -> str:
-        if self.kafka_security_protocol is not None:
-            return self.kafka_security_protocol
-        return "SASL_SSL" if self.kafka_password is not None else "PLAINTEXT"
-
     # What each layer gets.
 
     def loader_config(self) -> LoaderConfig:
@@ -195,15 +212,7 @@ class Settings(BaseSettings):
         )
 
     def kafka_connection(self) -> KafkaConnection:
-        return KafkaConnection(
-            bootstrap_servers=self.kafka_bootstrap_servers,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.kafka_sasl_mechanism,
-            username=self.kafka_user,
-            password=self.kafka_password.get_secret_value() if self.kafka_password else None,
-            ca_path=str(self.ca_path) if self.ca_path else None,
-            client_id=f"loader-ws-trades-{self.telemetry_producer_id}",
-        )
+        return self.kafka_client(f"loader-ws-trades-{self.telemetry_producer_id}")
 
     def producer_tuning(self) -> ProducerTuning:
         return ProducerTuning(
@@ -255,12 +264,16 @@ _FIELD_VARIABLES: Final = {
 }
 
 
-def load_settings() -> Settings:
+@overload
+def load_settings() -> Settings: ...
+@overload
+def load_settings(kind: type[_S]) -> _S: ...
+def load_settings(kind: type[KafkaSettings] = Settings) -> KafkaSettings:
     """Settings from the process environment, or ``SettingsError`` naming every problem."""
     problems: list[str] = []
-    settings: Settings | None = None
+    settings: KafkaSettings | None = None
     try:
-        settings = Settings()
+        settings = kind()
     except ValidationError as error:
         problems.extend(_describe(error))
     problems.extend(_cross_checks(os.environ))
