@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from support.kafka_broker import load_env  # noqa: E402
-from support.recorded import CURRENT  # noqa: E402
+from support.recorded import CURRENT, trades  # noqa: E402
 from support.service import LoaderProcess  # noqa: E402
 from support.simulator import Simulator  # noqa: E402
-from support.topics import create_topics, publish  # noqa: E402
+from support.topics import Record, create_topics, publish, read_all  # noqa: E402
 
 EVENTS_TOPIC = "queue-events"
 CONTROL_TOPIC = "queue-control"
@@ -60,6 +62,28 @@ async def follow(bootstrap: str, topic: str, queue_id: str | None, stop: asyncio
     finally:
         await consumer.stop()
     return seen
+
+
+def check_against_recording(records: list[Record]) -> str:
+    """Compare the topic with the recorded trades the simulator replayed."""
+    messages = [json.loads(r.value, parse_float=Decimal) for r in records]
+    if not messages:
+        return "Check: no trades in the topic"
+    recorded = {d["t"]: d for d in trades(CURRENT)}
+    ids = [m["trade_id"] for m in messages]
+    contiguous = ids == list(range(ids[0], ids[0] + len(ids)))
+    exact = all(
+        m["price"] == Decimal(recorded[m["trade_id"]]["p"])
+        and m["quantity"] == Decimal(recorded[m["trade_id"]]["q"])
+        and m["is_buyer_maker"] == recorded[m["trade_id"]]["m"]
+        for m in messages
+    )
+    return (
+        f"Check: trade ids {ids[0]}..{ids[-1]}, "
+        f"{'contiguous' if contiguous else 'NOT contiguous'}, "
+        f"{len(ids) - len(set(ids))} duplicates, prices and quantities "
+        f"{'identical to' if exact else 'DIFFERENT from'} the recording"
+    )
 
 
 async def main() -> int:
@@ -129,6 +153,8 @@ async def main() -> int:
     in_topic = await trades
     await events
     say(f"\nLoader exited with code {code}; {in_topic} trades in {data_topic}.")
+    if not real:
+        say(check_against_recording(await read_all(bootstrap, data_topic)))
     say(f"Its log: {loader.log_path}")
     with contextlib.suppress(OSError):
         tail = loader.log_path.read_text().splitlines()[-6:]
