@@ -102,7 +102,9 @@ class BinanceTradeFeed(TradeFeed):
         self._links: set[_Link] = set()
         self._connections = 0
         self._attempt = 0
-        self._overflow = 0
+        self._pauses = 0
+        self._room = asyncio.Event()
+        self._resume_at = max(1, tuning.buffer_frames * 3 // 4)
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
         stats.queue_depth = lambda: len(self._buffer)
 
@@ -165,6 +167,8 @@ class BinanceTradeFeed(TradeFeed):
                 self._note(result, frame)  # type: ignore[arg-type]
         if last is not None:
             self._stats.exchange_lag[last.symbol] = time.time() - last.timestamp / 1000
+        if len(buffer) < self._resume_at and not self._room.is_set():
+            self._room.set()
         return items
 
     def _note(self, issue: FrameIssue, frame: str | bytes) -> None:
@@ -323,17 +327,7 @@ class BinanceTradeFeed(TradeFeed):
                     self._stats.rejected["oversized"] += 1
                     continue
                 if len(buffer) >= limit:
-                    # The use case is behind (a slow broker): the gap is recovered from history.
-                    self._overflow += 1
-                    if self._overflow == 1 or self._overflow % 10_000 == 0:
-                        logger.warning(
-                            "Receive buffer full ({limit} frames): {n} frames dropped so far, "
-                            "to be recovered from history",
-                            limit=limit,
-                            n=self._overflow,
-                        )
-                    self._stats.rejected["buffer_full"] += 1
-                    continue
+                    await self._wait_for_room(limit)
                 buffer.append((frame, clock()))
                 arrived.set()
             link.reason = _close_reason(link.ws, clean=True)
@@ -343,6 +337,25 @@ class BinanceTradeFeed(TradeFeed):
             link.reason = _close_reason(link.ws, clean=False)
         except OSError as error:
             link.reason = f"network error: {error}"
+
+    async def _wait_for_room(self, limit: int) -> None:
+        """Stop reading while the buffer is full: the socket then pushes back on the exchange.
+
+        If the pause outlasts the exchange's patience it drops the connection; the trades it
+        sent meanwhile are recovered from history after the reconnect.
+        """
+        self._pauses += 1
+        if self._pauses == 1 or self._pauses % 100 == 0:
+            logger.warning(
+                "Receive buffer full ({limit} frames): reading paused until the publisher "
+                "catches up ({n} pauses so far)",
+                limit=limit,
+                n=self._pauses,
+            )
+        self._stats.buffer_pauses += 1
+        while len(self._buffer) >= self._resume_at:
+            self._room.clear()
+            await self._room.wait()
 
     async def _shut(self, link: _Link) -> None:
         try:

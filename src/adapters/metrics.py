@@ -81,6 +81,7 @@ class RunStats(LoaderMetrics):
         self.latency = LatencyHistogram()
         self.status: Status | None = None
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.buffer_pauses = 0
         self.feed_connected = False
         self.broker_reachable = False
 
@@ -161,6 +162,11 @@ class RunStatsCollector(Collector):
         yield _histogram(stats.latency)
         yield GaugeMetricFamily(
             "loader_queue_depth", "Frames received and not yet processed", value=stats.queue_depth()
+        )
+        yield CounterMetricFamily(
+            "loader_receive_pauses",
+            "Times reading from the exchange paused because the receive buffer was full",
+            value=stats.buffer_pauses,
         )
         state = GaugeMetricFamily("loader_state", "Current state of the run", labels=["state"])
         for status in Status:

@@ -119,7 +119,7 @@ class Settings(KafkaSettings):
     # Tuning.
     kafka_linger_ms: int = Field(5, ge=0, le=10_000, validation_alias="KAFKA_LINGER_MS")
     kafka_max_batch_bytes: int = Field(
-        1024 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="KAFKA_MAX_BATCH_BYTES"
+        256 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="KAFKA_MAX_BATCH_BYTES"
     )
     kafka_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
         "none", validation_alias="KAFKA_COMPRESSION"
@@ -129,11 +129,11 @@ class Settings(KafkaSettings):
     )
     kafka_outage_timeout_sec: Seconds = Field(120.0, validation_alias="KAFKA_OUTAGE_TIMEOUT_SEC")
     max_in_flight_trades: int = Field(
-        100_000, ge=1, le=10_000_000, validation_alias="MAX_IN_FLIGHT_TRADES"
+        20_000, ge=1, le=10_000_000, validation_alias="MAX_IN_FLIGHT_TRADES"
     )
     drain_timeout_sec: Seconds = Field(20.0, validation_alias="DRAIN_TIMEOUT_SEC")
     ws_buffer_frames: int = Field(
-        200_000, ge=100, le=10_000_000, validation_alias="WS_BUFFER_FRAMES"
+        50_000, ge=100, le=10_000_000, validation_alias="WS_BUFFER_FRAMES"
     )
     ws_max_frame_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="WS_MAX_FRAME_BYTES"

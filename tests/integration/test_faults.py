@@ -279,7 +279,7 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-async def test_a_stalled_broker_overflows_the_buffer_and_history_fills_it(
+async def test_a_stalled_broker_fills_the_buffer_and_history_fills_the_hole(
     own_broker: LocalBroker,
     simulator: Callable[..., Simulator],
     loader: Callable[[dict[str, str]], LoaderProcess],
@@ -296,7 +296,11 @@ async def test_a_stalled_broker_overflows_the_buffer_and_history_fills_it(
     process = await loader(env).start()
     await read_all(env_broker.plaintext, topics.data, until=lambda r: len(r) >= 3000, timeout=60)
     own_broker.pause()
-    await asyncio.sleep(8)  # the fault itself: the broker stays frozen this long
+    # The faults: the broker stays frozen 8 s, and meanwhile the exchange drops the
+    # connection the stalled loader has stopped reading (as Binance does to slow clients).
+    await asyncio.sleep(3)
+    sim.drop_all()
+    await asyncio.sleep(5)
     own_broker.resume()
     resumed = time.monotonic()
     produced_at_resume = market(sim)["produced"]
@@ -305,15 +309,19 @@ async def test_a_stalled_broker_overflows_the_buffer_and_history_fills_it(
     peak = peak_rss_mb(process.pid)
     ids, _ = await complete_run(env_broker.plaintext, topics, sim, process, count, timeout=180)
     assert_exact_range(ids, market(sim)["first_id"], count)
-    assert "Receive buffer full" in process.output()
-    assert "Backfilled" in process.output()
+    output = process.output()
+    assert "Receive buffer full" in output
+    assert "catching up BTCUSDT" in output
+    assert "Backfilled" in output
+    assert sim.state()["connections"]["accepted"] >= 2
     assert peak < 200, f"peak RSS {peak:.0f} MB"
     matrix.record(
-        "broker frozen 8 s at 3,000 trades/s with a 2,000-frame buffer (overflow)",
+        "broker frozen 8 s at 3,000 trades/s with a 2,000-frame buffer: reading pauses, "
+        "and the exchange drops the stalled connection",
         count,
         ids,
         market(sim)["first_id"],
-        f"dropped frames refetched from history; caught up {recovered:.1f} s after SIGCONT; "
+        f"missed trades refetched from history; caught up {recovered:.1f} s after SIGCONT; "
         f"peak RSS {peak:.0f} MB",
     )
 
