@@ -46,13 +46,13 @@ class _Signal:
 class InMemoryTradeFeed(TradeFeed):
     """A feed the test pushes trades, reconnects, failures and the end into."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._items: deque[FeedItem | LoaderError] = deque()
         self._arrived = asyncio.Event()
         self.opened = False
         self.closed = False
         self.reconnect_requests: list[str] = []
-        self._clock_now: Callable[[], float] = lambda: 0.0
+        self._clock_now: Callable[[], float] = clock.monotonic if clock else (lambda: 0.0)
 
     def push(self, *trades: Trade) -> None:
         for trade in trades:

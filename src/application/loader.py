@@ -95,7 +95,8 @@ class TradeLoader:
         self._handed = 0
         self._ending: _Ending | None = None
         self._ended = asyncio.Event()
-        self._last_arrival = 0.0
+        self._last_seen: dict[str, float] = {}
+        self._streaming_since = 0.0
         self._broker_failed = False
         self._stopping_since = 0.0
 
@@ -159,7 +160,7 @@ class TradeLoader:
     # The streaming phase.
 
     async def _stream(self) -> None:
-        self._last_arrival = self._clock.monotonic()
+        self._streaming_since = self._clock.monotonic()
         await self._feed.open()
         pump = asyncio.create_task(self._pump(), name="pump")
         helpers = [
@@ -234,7 +235,6 @@ class TradeLoader:
                 if isinstance(item, Reconnected):
                     await self._catch_up(item.reason)
                 else:
-                    self._last_arrival = self._clock.monotonic()
                     await self._take(item.trade, item.received_at)
                 if self._over_limit():
                     self._end(
@@ -260,6 +260,7 @@ class TradeLoader:
     async def _hand(self, trade: Trade, received_at: float) -> None:
         self._sequencer.accept(trade.symbol, trade.trade_id)
         self._last_time[trade.symbol] = trade.timestamp
+        self._last_seen[trade.symbol] = received_at
         self._handed += 1
         await self._publisher.publish(trade, received_at)
 
@@ -399,13 +400,16 @@ class TradeLoader:
         self._end(Status.FINISHED, f"Reached STOP_AFTER_SECONDS={seconds:g}", 0)
 
     async def _watch_silence(self) -> None:
+        """Reconnect when a symbol's stream is silent while the exchange shows newer trades."""
         timeout = self._config.silence_timeout
         while True:
             await self._clock.sleep(timeout / 2)
-            if self._clock.monotonic() - self._last_arrival < timeout:
-                continue
+            now = self._clock.monotonic()
             for symbol in self._config.symbols:
-                last = self._sequencer.last(symbol)
+                if now - self._last_seen.get(symbol, self._streaming_since) < timeout:
+                    continue
+                # Looked at now; a quiet market is looked at again only after another timeout.
+                self._last_seen[symbol] = now
                 try:
                     newest = await self._history.latest_trade_id(symbol)
                 except HistoryError as error:
@@ -413,18 +417,16 @@ class TradeLoader:
                         "Could not check {symbol} for silence: {e}", symbol=symbol, e=error
                     )
                     continue
+                last = self._sequencer.last(symbol)
                 if newest is not None and (last is None or newest > last):
                     logger.warning(
-                        "No trade received for {timeout:g} s while the exchange shows newer "
-                        "{symbol} trades: reconnecting",
+                        "No {symbol} trade received for {timeout:g} s while the exchange shows "
+                        "newer ones: reconnecting",
                         timeout=timeout,
                         symbol=symbol,
                     )
                     self._feed.reconnect("silent stream")
-                    self._last_arrival = self._clock.monotonic()
                     break
-            else:
-                self._last_arrival = self._clock.monotonic()
 
     # Ending.
 

@@ -38,15 +38,18 @@ class World:
             producer_id="loader-ws-trades__a1b2c3",
         )
     )
-    feed: InMemoryTradeFeed = field(default_factory=InMemoryTradeFeed)
+    clock: ManualClock = field(default_factory=ManualClock)
+    feed: InMemoryTradeFeed = field(init=False)
     exchange: InMemoryExchange = field(
         default_factory=lambda: InMemoryExchange({"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"})
     )
     publisher: InMemoryTradePublisher = field(default_factory=InMemoryTradePublisher)
     events: InMemoryEventPublisher = field(default_factory=InMemoryEventPublisher)
     control: InMemoryControlChannel = field(default_factory=InMemoryControlChannel)
-    clock: ManualClock = field(default_factory=ManualClock)
     stats: RunStats = field(default_factory=RunStats)
+
+    def __post_init__(self) -> None:
+        self.feed = InMemoryTradeFeed(self.clock)
 
     def loader(self, **config: object) -> TradeLoader:
         self.config = replace(self.config, **config)  # type: ignore[arg-type]
@@ -350,7 +353,8 @@ async def test_a_silent_stream_with_newer_trades_in_history_is_reconnected(world
     await world.clock.advance(59)
     assert world.feed.reconnect_requests == []
     await world.clock.advance(31)
-    assert world.feed.reconnect_requests == ["silent stream"]
+    # ETHUSDT is looked at once per silence bound while BTCUSDT keeps trading.
+    assert world.feed.reconnect_requests == ["silent stream", "silent stream"]
     sut.request_stop("done")
     await run
 
@@ -380,3 +384,19 @@ async def test_unacknowledged_trades_at_shutdown_end_with_exit_1(world: World) -
     assert outcome.status is Status.ERROR
     assert outcome.exit_code == 1
     assert "not acknowledged" in outcome.message
+
+
+async def test_one_silent_symbol_among_busy_ones_is_noticed(world: World) -> None:
+    world.exchange.record(*make_trades(1, 10, symbol="ETHUSDT"))
+    sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 2, symbol="ETHUSDT"))
+    for second in range(0, 120, 10):
+        world.feed.push(make_trade(100 + second // 10, symbol="BTCUSDT"))
+        await world.publisher.wait_for_count(3 + second // 10)
+        await world.clock.advance(10)
+    # ETHUSDT is looked at once per silence bound while BTCUSDT keeps trading.
+    assert world.feed.reconnect_requests == ["silent stream", "silent stream"]
+    sut.request_stop("done")
+    await run
