@@ -53,6 +53,9 @@ _REJECTIONS: Final = {
 }
 
 
+OVERSIZED: Final = _REJECTIONS["oversized"]
+
+
 class FrameDecoder:
     """Turns one WebSocket frame into a ``Trade`` or says why it is not one."""
 

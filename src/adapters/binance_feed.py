@@ -14,7 +14,7 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 
-from adapters.binance_codec import FrameDecoder, FrameIssue
+from adapters.binance_codec import OVERSIZED, FrameDecoder, FrameIssue
 from adapters.metrics import RunStats
 from application.ports import FeedItem, Received, Reconnected, TradeFeed
 from domain.backoff import AttemptWindow, Backoff
@@ -181,7 +181,12 @@ class BinanceTradeFeed(TradeFeed):
             return
         count = self._stats.rejected[issue.reason] = self._stats.rejected[issue.reason] + 1
         if count <= 20 or count % 1000 == 0:
-            preview = frame[:200] if isinstance(frame, str) else f"<{len(frame)} binary bytes>"
+            if isinstance(frame, str):
+                preview = frame[:200] + (
+                    f"... ({len(frame)} characters)" if len(frame) > 200 else ""
+                )
+            else:
+                preview = f"<{len(frame)} binary bytes>"
             logger.warning(
                 "Rejected frame ({reason}, {count} so far): {preview}",
                 reason=issue.reason,
@@ -324,7 +329,7 @@ class BinanceTradeFeed(TradeFeed):
             async for frame in link.ws:
                 link.frames += 1
                 if len(frame) > max_bytes:
-                    self._stats.rejected["oversized"] += 1
+                    self._note(OVERSIZED, frame)
                     continue
                 if len(buffer) >= limit:
                     await self._wait_for_room(limit)
@@ -372,6 +377,10 @@ class BinanceTradeFeed(TradeFeed):
 
 def _close_reason(ws: ClientConnection, *, clean: bool) -> str:
     received = ws.protocol.close_rcvd
+    sent = ws.protocol.close_sent
+    if received is None and sent is not None:
+        # The client library closed it, e.g. 1009 for a frame over its size limit.
+        return f"closed by the loader ({sent.code})"
     if received is None:
         return "dropped without a close frame"
     if clean:

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
@@ -132,8 +133,14 @@ def classify_kafka_error(error: BaseException, connection: KafkaConnection) -> L
             | kafka_errors.GroupAuthorizationFailedError
             | kafka_errors.TransactionalIdAuthorizationFailed,
         ):
+            hint = ""
+            if isinstance(cause, kafka_errors.ClusterAuthorizationFailedError):
+                hint = (
+                    " (an idempotent producer needs IdempotentWrite on the cluster "
+                    "or Write on its topics)"
+                )
             return BrokerAuthorizationError(
-                f"Kafka authorisation refused at {connection.who}: {_describe(cause)}"
+                f"Kafka authorisation refused at {connection.who}: {_describe(cause)}{hint}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
             # ssl.CertificateError raised by name-checking code carries no verify_message.
@@ -153,7 +160,11 @@ def classify_kafka_error(error: BaseException, connection: KafkaConnection) -> L
 
 def _describe(error: BaseException) -> str:
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    name = type(error).__name__
+    if not text:
+        return name
+    # aiokafka's messages already begin with the error's name ("[Error 58] Sasl...").
+    return text if name in text.split(":", 1)[0] else f"{name}: {text}"
 
 
 async def diagnose(connection: KafkaConnection, timeout: float = 10.0) -> LoaderError | None:
@@ -236,10 +247,19 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
-    """The partitions of ``topic`` as the broker sees them now, or None if it does not exist."""
+    """The partitions of ``topic`` as the broker sees them now, or None if it does not exist.
+
+    Raises ``TopicAuthorizationFailedError`` when the user may not see the topic at all.
+    """
     # consumer.topics() fetches fresh metadata but does not store it, so partitions_for_topic()
-    # would go on answering from a cache that never learns of the topic.
-    cluster = await consumer._client.fetch_all_metadata()
+    # would go on answering from a cache that never learns of the topic; and a full listing
+    # hides the topics the user may not describe, which must be told apart from missing ones.
+    cluster = ClusterMetadata()
+    client = consumer._client  # no public call asks for one topic's metadata
+    if not await client._metadata_update(cluster, [topic]):
+        raise kafka_errors.KafkaConnectionError(f"no metadata for {topic}")
+    if topic in cluster.unauthorized_topics:
+        raise kafka_errors.TopicAuthorizationFailedError(topic)
     partitions: set[int] | None = cluster.partitions_for_topic(topic)
     return partitions
 

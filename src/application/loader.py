@@ -91,7 +91,6 @@ class TradeLoader:
         self._metrics = metrics
         self._state = LoaderState()
         self._sequencer = TradeSequencer()
-        self._last_time: dict[str, int] = {}
         self._handed = 0
         self._ending: _Ending | None = None
         self._ended = asyncio.Event()
@@ -141,7 +140,6 @@ class TradeLoader:
             age = (now_ms - last.timestamp) / 1000
             if age <= self._config.resume_window:
                 self._sequencer.resume(last.symbol, last.trade_id)
-                self._last_time[last.symbol] = last.timestamp
                 logger.info(
                     "Resuming {symbol} after trade {trade_id} found in the topic ({age:.0f} s old)",
                     symbol=last.symbol,
@@ -252,14 +250,13 @@ class TradeLoader:
         if verdict is Verdict.GAP:
             gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
             if gap is not None:
-                await self._fill(gap)
+                await self._fill(gap, trade.timestamp)
             if self._over_limit():
                 return
         await self._hand(trade, received_at)
 
     async def _hand(self, trade: Trade, received_at: float) -> None:
         self._sequencer.accept(trade.symbol, trade.trade_id)
-        self._last_time[trade.symbol] = trade.timestamp
         self._last_seen[trade.symbol] = received_at
         self._handed += 1
         await self._publisher.publish(trade, received_at)
@@ -270,7 +267,7 @@ class TradeLoader:
 
     # Gap filling from the exchange's history.
 
-    async def _fill(self, gap: Gap) -> None:
+    async def _fill(self, gap: Gap, newest_time: int) -> None:
         self._metrics.gap(gap)
         logger.warning(
             "Gap in {symbol}: trades {first}..{last} ({size}) missing from the live stream",
@@ -283,16 +280,11 @@ class TradeLoader:
         if refusal is not None:
             await self._unrecoverable(gap, refusal)
             return
-        await self._recover(gap.symbol, gap.first_id, gap.last_id)
+        await self._recover(gap.symbol, gap.first_id, gap.last_id, newest_time)
 
     def _refuse_fill(self, gap: Gap) -> str | None:
         if gap.size > self._config.backfill_max_trades:
             return f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
-        since = self._last_time.get(gap.symbol)
-        if since is not None:
-            age = self._clock.time() - since / 1000
-            if age > self._config.backfill_max_age:
-                return f"older than BACKFILL_MAX_AGE_SEC={self._config.backfill_max_age:g}"
         return None
 
     async def _catch_up(self, reason: str) -> None:
@@ -308,12 +300,20 @@ class TradeLoader:
                 )
                 await self._recover(symbol, last + 1, None)
 
-    async def _recover(self, symbol: str, first_id: int, last_id: int | None) -> None:
-        """Publish history trades ``first_id..last_id`` (to the newest when ``last_id`` is None)."""
+    async def _recover(
+        self, symbol: str, first_id: int, last_id: int | None, newest_time: int | None = None
+    ) -> None:
+        """Publish history trades ``first_id..last_id`` (to the newest when ``last_id`` is None).
+
+        Trades more than ``backfill_max_age`` older than ``newest_time`` (exchange time of the
+        trade that revealed the gap) are reported instead of published.
+        """
         page_size = self._config.backfill_page_size
         budget = self._config.backfill_max_trades
+        oldest = None if newest_time is None else newest_time - self._config.backfill_max_age * 1000
         next_id = first_id
         recovered = 0
+        stale_from: int | None = None
         while (last_id is None or next_id <= last_id) and recovered < budget:
             if self._over_limit():
                 break
@@ -323,6 +323,7 @@ class TradeLoader:
             except HistoryError as error:
                 if last_id is not None:
                     await self._unrecoverable(Gap(symbol, next_id, last_id), str(error))
+                    next_id = last_id + 1  # accounted for
                 else:
                     logger.warning(
                         "Catch-up of {symbol} from history failed: {error}",
@@ -331,11 +332,19 @@ class TradeLoader:
                     )
                 break
             now = self._clock.monotonic()
+            start = next_id
             for trade in page:
                 if trade.trade_id < next_id:
                     continue
                 if (last_id is not None and trade.trade_id > last_id) or self._over_limit():
                     break
+                if oldest is not None and trade.timestamp < oldest:
+                    stale_from = trade.trade_id if stale_from is None else stale_from
+                    next_id = trade.trade_id + 1
+                    continue
+                if stale_from is not None:
+                    await self._too_old(Gap(symbol, stale_from, trade.trade_id - 1))
+                    stale_from = None
                 if trade.trade_id > next_id:
                     await self._unrecoverable(
                         Gap(symbol, next_id, trade.trade_id - 1), "missing from history too"
@@ -343,20 +352,23 @@ class TradeLoader:
                 await self._hand(trade, now)
                 recovered += 1
                 next_id = trade.trade_id + 1
-            if len(page) < want:
-                if last_id is not None and next_id <= last_id:
-                    await self._unrecoverable(
-                        Gap(symbol, next_id, last_id), "history does not reach them"
-                    )
+            if len(page) < want or next_id == start:
                 break
+        if stale_from is not None:
+            await self._too_old(Gap(symbol, stale_from, next_id - 1))
+        if last_id is not None and next_id <= last_id and not self._over_limit():
+            await self._unrecoverable(Gap(symbol, next_id, last_id), "history does not reach them")
         if recovered:
             self._metrics.backfilled(symbol, recovered)
             logger.info(
-                "Backfilled {count} {symbol} trades from history, up to {last}",
+                "Backfilled {count} {symbol} trades from history",
                 count=recovered,
                 symbol=symbol,
-                last=next_id - 1,
             )
+
+    async def _too_old(self, gap: Gap) -> None:
+        reason = f"older than BACKFILL_MAX_AGE_SEC={self._config.backfill_max_age:g}"
+        await self._unrecoverable(gap, reason)
 
     async def _unrecoverable(self, gap: Gap, reason: str) -> None:
         self._metrics.unrecoverable(gap.symbol, gap.size)
@@ -378,8 +390,8 @@ class TradeLoader:
                 return
             logger.info(
                 "Ignoring control command {command!r} for queue {queue!r}",
-                command=command.command,
-                queue=command.queue_id,
+                command=command.command[:100],
+                queue=command.queue_id[:250],
             )
 
     async def _tick(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar, overload
@@ -18,6 +19,7 @@ from application.loader import LoaderConfig
 from domain.backoff import Backoff
 
 SYMBOL_PATTERN: Final = re.compile(r"[A-Z0-9]{2,30}")
+BOOTSTRAP_HOST: Final = re.compile(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 _S = TypeVar("_S", bound="KafkaSettings")
@@ -40,7 +42,6 @@ class KafkaSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092",
         validation_alias="KAFKA_BOOTSTRAP_SERVERS",
-        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}(,[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})*$",
     )
     kafka_user: str | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_USER_PRODUCER", "KAFKA_USER")
@@ -62,6 +63,42 @@ class KafkaSettings(BaseSettings):
     queue_events_topic: str = Field(
         "queue-events", validation_alias="QUEUE_EVENTS_TOPIC", pattern=r"^[A-Za-z0-9._-]{1,249}$"
     )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        servers = [server.strip() for server in value.split(",")]
+        for number, server in enumerate(servers, 1):
+            host, _, port = server.rpartition(":")
+            if (
+                not BOOTSTRAP_HOST.fullmatch(host)
+                or not port.isdigit()
+                or not 0 < int(port) < 65536
+            ):
+                # The value is not echoed: a mistaken "user:password@host" must not leak.
+                raise ValueError(
+                    f"entry {number} is not host:port; give one or more, comma-separated "
+                    "(e.g. kafka-bootstrap.kafka:9093)"
+                )
+        return ",".join(servers)
+
+    @field_validator("ca_path")
+    @classmethod
+    def _readable_pem(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        try:
+            text = value.read_text(encoding="ascii", errors="replace")
+        except OSError as error:
+            raise ValueError(f"cannot read {value}: {error.strerror}") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{value} is not a PEM certificate")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except ssl.SSLError as error:
+            detail = error.reason or error.strerror or str(error)
+            raise ValueError(f"{value} holds no usable PEM certificate ({detail})") from None
+        return value
 
     @property
     def security_protocol(self) -> str:
@@ -179,19 +216,6 @@ class Settings(KafkaSettings):
     @classmethod
     def _accept_plural_type(cls, value: Any) -> Any:
         return "ws_trade" if value == "ws_trades" else value
-
-    @field_validator("ca_path")
-    @classmethod
-    def _readable_pem(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        try:
-            text = value.read_text(encoding="ascii", errors="replace")
-        except OSError as error:
-            raise ValueError(f"cannot read {value}: {error.strerror}") from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{value} is not a PEM certificate")
-        return value
 
     # What each layer gets.
 

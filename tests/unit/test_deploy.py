@@ -18,6 +18,7 @@ from pydantic import AliasChoices
 
 from entrypoints.cli import build_parser
 from entrypoints.settings import Settings, load_settings
+from support.certs import make_ca_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -365,8 +366,7 @@ def test_the_configuration_is_valid_for_the_service(
     where: str, config: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     variables = config if where == "base" else overlay_config(config)
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    ca = make_ca_certificate(tmp_path)
     for name in known_variables():
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():

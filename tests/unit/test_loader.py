@@ -328,11 +328,9 @@ async def test_a_topic_tail_older_than_the_window_is_not_resumed(world: World) -
 async def test_several_symbols_are_sequenced_independently(world: World) -> None:
     world.exchange.record(*make_trades(1, 10, symbol="ETHUSDT"))
     sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), stop_after_records=7)
+    eth = make_trades(1, 10, symbol="ETHUSDT")
     world.feed.push(
-        make_trade(500, symbol="BTCUSDT"),
-        make_trade(1, symbol="ETHUSDT"),
-        make_trade(501, symbol="BTCUSDT"),
-        make_trade(5, symbol="ETHUSDT"),
+        make_trade(500, symbol="BTCUSDT"), eth[0], make_trade(501, symbol="BTCUSDT"), eth[4]
     )
     await sut.run()
     by_symbol = {
@@ -399,3 +397,19 @@ async def test_one_silent_symbol_among_busy_ones_is_noticed(world: World) -> Non
     assert world.feed.reconnect_requests == ["silent stream", "silent stream"]
     sut.request_stop("done")
     await run
+
+
+async def test_missing_trades_older_than_the_age_bound_are_reported_not_published(
+    world: World,
+) -> None:
+    hour = 3600 * 1000
+    trades = make_trades(1, 6)
+    old = [replace(t, timestamp=t.timestamp - 3 * hour) for t in trades[1:4]]
+    world.exchange.record(trades[0], *old, *trades[4:])
+    sut = world.loader(stop_after_records=3, backfill_max_age=2 * 3600)
+    world.feed.push(trades[0], trades[5])
+    await sut.run()
+    assert world.published_ids == [1, 5, 6]
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 3
+    messages = [e.message for e in world.events.events]
+    assert any("2..4 (3) could not be recovered: older than" in m for m in messages)
