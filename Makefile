@@ -32,9 +32,9 @@ sim-build: ## build the Binance-compatible exchange simulator
 	bash testbed/simulator/build.sh
 
 lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
-	$(BIN)/ruff check src tests testbed
-	$(BIN)/ruff format --check src tests testbed
-	$(BIN)/mypy src tests testbed
+	$(BIN)/ruff check src tests testbed bench
+	$(BIN)/ruff format --check src tests testbed bench
+	$(BIN)/mypy src tests testbed bench
 	$(BIN)/lint-imports --no-cache
 	bash testbed/deploy_check.sh
 

@@ -14,7 +14,6 @@ from domain.trade import Trade
 # Binance sends prices and quantities as plain decimal strings ("61837.63000000").
 # Anything else (exponents, signs, NaN, absurd lengths) is not a price.
 _DECIMAL: Final = re.compile(r"(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,18})?")
-_FIELDS: Final = ("s", "t", "p", "q", "T", "m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +98,12 @@ class FrameDecoder:
 
     def _trade(self, data: dict[str, Any]) -> Trade | FrameIssue:
         try:
-            symbol, trade_id, price, quantity, time, maker = (data[f] for f in _FIELDS)
+            symbol = data["s"]
+            trade_id = data["t"]
+            price = data["p"]
+            quantity = data["q"]
+            time = data["T"]
+            maker = data["m"]
         except KeyError:
             return _REJECTIONS["missing_field"]
         if (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -167,6 +168,10 @@ async def _run(settings: Settings) -> int:
         except LoaderError as error:
             logger.error("Cannot start: {error}", error=str(error))
             return EXIT_PERMANENT if isinstance(error, PermanentFailure) else EXIT_RETRYABLE
+        # Everything built so far lives for the whole run: keep the collector off it, and let
+        # it run less often, as each trade makes short-lived objects (measured: ~1 us a trade).
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
         return await _load()
     finally:
         await container.shutdown_resources()  # type: ignore[misc]
