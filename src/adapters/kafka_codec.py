@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -10,7 +10,7 @@ from domain.messages import ControlCommand, TelemetryEvent
 from domain.state import Status
 from domain.trade import Trade, plain_decimal
 
-MAX_CONTROL_BYTES: Final = 64 * 1024
+MAX_MESSAGE_BYTES: Final = 64 * 1024
 
 _TRUE: Final = "true"
 _FALSE: Final = "false"
@@ -47,18 +47,26 @@ def encode_command(command: ControlCommand) -> bytes:
     return orjson.dumps({"command": command.command, "queue_id": command.queue_id})
 
 
-def decode_command(value: bytes | None) -> ControlCommand | str:
-    """A control command, or the reason the message is not one."""
+def _json_object(value: bytes | None) -> dict[str, Any] | str:
+    """The message as a JSON object, or the reason it is not one."""
     if value is None:
         return "empty message"
-    if len(value) > MAX_CONTROL_BYTES:
-        return f"message of {len(value)} bytes is over {MAX_CONTROL_BYTES}"
+    if len(value) > MAX_MESSAGE_BYTES:
+        return f"message of {len(value)} bytes is over {MAX_MESSAGE_BYTES}"
     try:
         message = orjson.loads(value)
     except orjson.JSONDecodeError:
         return "not JSON"
     if type(message) is not dict:
         return "not a JSON object"
+    return message
+
+
+def decode_command(value: bytes | None) -> ControlCommand | str:
+    """A control command, or the reason the message is not one."""
+    message = _json_object(value)
+    if isinstance(message, str):
+        return message
     command = message.get("command")
     queue_id = message.get("queue_id")
     if type(command) is not str or type(queue_id) is not str:
@@ -68,13 +76,8 @@ def decode_command(value: bytes | None) -> ControlCommand | str:
 
 def decode_event(value: bytes | None) -> TelemetryEvent | None:
     """A telemetry event as the loader writes it, or None if the message is not one."""
-    if value is None or len(value) > MAX_CONTROL_BYTES:
-        return None
-    try:
-        message = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if type(message) is not dict:
+    message = _json_object(value)
+    if isinstance(message, str):
         return None
     try:
         event = TelemetryEvent(
@@ -100,13 +103,8 @@ def decode_event(value: bytes | None) -> TelemetryEvent | None:
 
 def decode_trade_position(value: bytes | None) -> tuple[str, int, int] | None:
     """Symbol, trade id and trade time of a published trade message, or None if it is not one."""
-    if value is None:
-        return None
-    try:
-        message = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if type(message) is not dict:
+    message = _json_object(value)
+    if isinstance(message, str):
         return None
     symbol = message.get("symbol")
     trade_id = message.get("trade_id")

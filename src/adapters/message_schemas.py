@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.kafka_codec import MAX_CONTROL_BYTES
+from adapters.kafka_codec import MAX_MESSAGE_BYTES
 from domain.state import Status
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -163,7 +163,7 @@ class ControlCommandMessage(BaseModel):
                 "Only `stop` is acted upon, by the loader whose QUEUE_ID equals `queue_id`: it "
                 "stops reading the exchange, publishes every trade already received, sends "
                 "`interrupted` and exits 0. Commands for other queues, unknown commands and "
-                f"malformed messages (including any over {MAX_CONTROL_BYTES} bytes) are logged "
+                f"malformed messages (including any over {MAX_MESSAGE_BYTES} bytes) are logged "
                 "and ignored."
             ),
         },

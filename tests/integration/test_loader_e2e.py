@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.kafka_broker import BrokerEnv
-from support.recorded import CURRENT, LEGACY, trades
+from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import Record, TopicSet, publish, read_all, trade_ids
+from support.topics import TopicSet, publish, read_all, trade_ids
 
 EVENT_FIELDS = {
     "queue_id",
@@ -28,23 +27,6 @@ EVENT_FIELDS = {
     "producer",
     "timestamp",
 }
-
-
-def exact(record: Record) -> dict[str, Any]:
-    """A trade message parsed with decimals, as a careful consumer reads it."""
-    parsed: dict[str, Any] = json.loads(record.value, parse_float=Decimal)
-    return parsed
-
-
-def expected_message(data: dict[str, Any], symbol: str) -> dict[str, Any]:
-    return {
-        "trade_id": data["t"],
-        "price": Decimal(data["p"]),
-        "quantity": Decimal(data["q"]),
-        "timestamp": data["T"],
-        "is_buyer_maker": data["m"],
-        "symbol": symbol,
-    }
 
 
 def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
@@ -83,7 +65,7 @@ async def test_recorded_trades_arrive_complete_in_order_once_and_exact(
     assert await process.wait(120) == 0, process.output()[-3000:]
 
     records = await read_all(broker.plaintext, topics.data)
-    assert [exact(r) for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
+    assert [r.exact() for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
     assert {r.key for r in records} == {b"BTCUSDT"}
     assert len({r.partition for r in records}) == 1
     assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
@@ -112,7 +94,7 @@ async def test_two_symbols_over_one_combined_stream(
     records = await read_all(broker.plaintext, topics.data)
     for symbol, recorded in (("BTCUSDT", btc), ("ETHUSDT", eth)):
         mine = [r for r in records if r.key == symbol.encode()]
-        assert [exact(r) for r in mine] == [expected_message(d, symbol) for d in recorded]
+        assert [r.exact() for r in mine] == [expected_message(d, symbol) for d in recorded]
     events = await events_of(broker, topics)
     assert_telemetry(events, env["QUEUE_ID"], "finished", len(btc) + len(eth))
     assert {e["symbol"] for e in events} == {"BTCUSDT,ETHUSDT"}
@@ -241,6 +223,6 @@ async def test_sasl_ssl_with_scram_and_the_ca(
     process = await loader(env).start()
     assert await process.wait(120) == 0, process.output()[-3000:]
     records = await read_all(broker.plaintext, topics.data)
-    assert [exact(r) for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
+    assert [r.exact() for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
     assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
     assert broker.producer_password not in process.output()

@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.kafka_broker import BrokerEnv
-from support.recorded import CURRENT, LEGACY, trades
+from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import Record, TopicSet, create_topics, publish, read_all, trade_ids
+from support.topics import TopicSet, create_topics, publish, read_all, trade_ids
 
 RecordProperty = Callable[[str, object], None]
 
@@ -215,23 +214,6 @@ async def http_get(url: str) -> str:
         return body.decode()
 
     return await asyncio.to_thread(get)
-
-
-def exact(record: Record) -> dict[str, Any]:
-    """A trade message parsed with decimals, as a careful consumer reads it."""
-    parsed: dict[str, Any] = json.loads(record.value, parse_float=Decimal)
-    return parsed
-
-
-def expected_message(data: dict[str, Any], symbol: str) -> dict[str, Any]:
-    return {
-        "trade_id": data["t"],
-        "price": Decimal(data["p"]),
-        "quantity": Decimal(data["q"]),
-        "timestamp": data["T"],
-        "is_buyer_maker": data["m"],
-        "symbol": symbol,
-    }
 
 
 class Relay:
@@ -841,7 +823,7 @@ async def test_malformed_exchange_frames_are_rejected_and_no_trade_is_lost_or_du
             )
             for h in history
         ]
-    assert [exact(r) for r in records] == expected
+    assert [r.exact() for r in records] == expected
     assert {r.key for r in records} == {b"BTCUSDT"}
     assert sum(unrecoverable.values()) == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,15 @@ def frames(path: Path) -> Iterator[str]:
 def trades(path: Path) -> list[dict[str, Any]]:
     """The ``data`` part of each recorded frame."""
     return [orjson.loads(frame)["data"] for frame in frames(path)]
+
+
+def expected_message(data: dict[str, Any], symbol: str) -> dict[str, Any]:
+    """The trade message the loader must publish for a recorded trade, numbers as decimals."""
+    return {
+        "trade_id": data["t"],
+        "price": Decimal(data["p"]),
+        "quantity": Decimal(data["q"]),
+        "timestamp": data["T"],
+        "is_buyer_maker": data["m"],
+        "symbol": symbol,
+    }

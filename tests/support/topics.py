@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,6 +28,11 @@ class Record:
 
     def json(self) -> Any:
         return orjson.loads(self.value)
+
+    def exact(self) -> dict[str, Any]:
+        """The message with its numbers parsed as decimals, as a careful consumer reads it."""
+        parsed: dict[str, Any] = json.loads(self.value, parse_float=Decimal)
+        return parsed
 
 
 @dataclass(frozen=True)
