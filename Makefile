@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: help venv lint unit integration test demo bench kafka-up kafka-down sim-build clean
+.PHONY: help venv lint unit coverage integration test demo bench kafka-up kafka-down sim-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
 
 unit: venv ## unit and property tests (no network)
 	$(BIN)/pytest tests/unit
+
+coverage: venv ## unit tests with branch coverage of src/
+	$(BIN)/coverage run -m pytest tests/unit -q
+	$(BIN)/coverage report
 
 integration: venv kafka-up sim-build ## tests against the real broker, the simulator and the service process
 	$(BIN)/pytest tests/integration
