@@ -10,7 +10,7 @@ import pytest
 from support.kafka_broker import BrokerEnv, LocalBroker
 from support.service import LoaderProcess
 from support.simulator import Simulator
-from support.topics import TopicSet, create_topics
+from support.topics import TopicSet
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,7 @@ def broker() -> BrokerEnv:
 
 @pytest.fixture
 async def topics(broker: BrokerEnv) -> TopicSet:
-    names = TopicSet.fresh()
-    await create_topics(broker.plaintext, names.data, names.events, names.control)
-    return names
+    return await TopicSet.created(broker.plaintext)
 
 
 @pytest.fixture

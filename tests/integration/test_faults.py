@@ -20,7 +20,7 @@ import pytest
 from support.kafka_broker import REPO_ROOT, BrokerEnv, LocalBroker
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import Record, TopicSet, create_topics, read_all, trade_ids
+from support.topics import Record, TopicSet, read_all, trade_ids
 
 SYMBOL = "BTCUSDT"
 
@@ -238,8 +238,7 @@ async def test_a_broker_paused_for_20_seconds_costs_nothing(
     matrix: FaultMatrix,
 ) -> None:
     env_broker = own_broker.env
-    topics = TopicSet.fresh("pause")
-    await create_topics(env_broker.plaintext, topics.data, topics.events, topics.control)
+    topics = await TopicSet.created(env_broker.plaintext, "pause")
     count = 40_000
     sim = simulator(
         "--market", f"{SYMBOL}=synthetic:seed=24", "--rate", "1000", "--count", str(count)
@@ -286,8 +285,7 @@ async def test_a_stalled_broker_fills_the_buffer_and_history_fills_the_hole(
     matrix: FaultMatrix,
 ) -> None:
     env_broker = own_broker.env
-    topics = TopicSet.fresh("overflow")
-    await create_topics(env_broker.plaintext, topics.data, topics.events, topics.control)
+    topics = await TopicSet.created(env_broker.plaintext, "overflow")
     count = 30_000
     sim = simulator(
         "--market", f"{SYMBOL}=synthetic:seed=29", "--rate", "3000", "--count", str(count)
@@ -333,8 +331,7 @@ async def test_a_broker_restart_costs_nothing(
     matrix: FaultMatrix,
 ) -> None:
     env_broker = own_broker.env
-    topics = TopicSet.fresh("restart")
-    await create_topics(env_broker.plaintext, topics.data, topics.events, topics.control)
+    topics = await TopicSet.created(env_broker.plaintext, "restart")
     count = 20_000
     sim = simulator(
         "--market", f"{SYMBOL}=synthetic:seed=25", "--rate", "1000", "--count", str(count)
@@ -432,8 +429,7 @@ async def test_a_broker_gone_for_good_ends_with_exit_1_without_hanging(
     doomed = LocalBroker("doomed", 29192)
     env_broker = doomed.up()
     try:
-        topics = TopicSet.fresh("doomed")
-        await create_topics(env_broker.plaintext, topics.data, topics.events, topics.control)
+        topics = await TopicSet.created(env_broker.plaintext, "doomed")
         sim = simulator("--market", f"{SYMBOL}=synthetic:seed=28", "--rate", "500")
         env = loader_env(env_broker, topics, sim, KAFKA_OUTAGE_TIMEOUT_SEC="8")
         process = await loader(env).start()

@@ -14,25 +14,13 @@ from support.kafka_broker import BrokerEnv
 from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import TopicSet, publish, read_all, trade_ids
-
-EVENT_FIELDS = {
-    "queue_id",
-    "symbol",
-    "type",
-    "status",
-    "message",
-    "records_written",
-    "finished",
-    "producer",
-    "timestamp",
-}
+from support.topics import CONTRACT_EVENT_FIELDS, TopicSet, publish, read_all, trade_ids
 
 
 def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
     assert events, "no telemetry"
     for event in events:
-        assert set(event) == EVENT_FIELDS
+        assert set(event) == CONTRACT_EVENT_FIELDS
         assert event["queue_id"] == queue_id
         assert event["type"] == "ws_trade"
         assert isinstance(event["timestamp"], float)

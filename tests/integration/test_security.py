@@ -30,24 +30,19 @@ from support.kafka_broker import BrokerEnv
 from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import TopicSet, create_topics, publish, read_all, trade_ids
+from support.topics import (
+    CONTRACT_EVENT_FIELDS,
+    TopicSet,
+    create_topics,
+    publish,
+    read_all,
+    trade_ids,
+)
 
 RecordProperty = Callable[[str, object], None]
 
 FAIL_WITHIN = 30.0
 """Seconds a run refused by the broker may take to exit: it must not hang or retry."""
-
-EVENT_FIELDS = {
-    "queue_id",
-    "symbol",
-    "type",
-    "status",
-    "message",
-    "records_written",
-    "finished",
-    "producer",
-    "timestamp",
-}
 
 
 # Running the service and reading what it said.
@@ -164,7 +159,7 @@ async def events_of(broker: BrokerEnv, topics: TopicSet) -> list[dict[str, Any]]
 def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
     assert events, "no telemetry"
     for event in events:
-        assert set(event) == EVENT_FIELDS
+        assert set(event) == CONTRACT_EVENT_FIELDS
         assert event["queue_id"] == queue_id
     statuses = [e["status"] for e in events]
     assert statuses[0] == "started"

@@ -48,6 +48,29 @@ class TopicSet:
         stem = f"wf-{label}-{uuid.uuid4().hex[:10]}"
         return cls(data=f"{stem}-data", events=f"{stem}-events", control=f"{stem}-control")
 
+    @classmethod
+    async def created(cls, bootstrap: str, label: str = "test") -> TopicSet:
+        """Fresh topics, created on the broker at ``bootstrap``."""
+        names = cls.fresh(label)
+        await create_topics(bootstrap, names.data, names.events, names.control)
+        return names
+
+
+CONTRACT_EVENT_FIELDS = frozenset(
+    {
+        "queue_id",
+        "symbol",
+        "type",
+        "status",
+        "message",
+        "records_written",
+        "finished",
+        "producer",
+        "timestamp",
+    }
+)
+"""The nine fields of every telemetry event, as the contract lists them."""
+
 
 async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
