@@ -214,3 +214,21 @@ async def test_sasl_ssl_with_scram_and_the_ca(
     assert [r.exact() for r in records] == [expected_message(d, "BTCUSDT") for d in recorded]
     assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
     assert broker.producer_password not in process.output()
+
+
+async def test_a_listed_symbol_that_is_not_trading_is_reported_and_the_run_goes_on(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", "BTCUSDT=synthetic:seed=5", "--rate", "500", "--halted", "HALTUSDT")
+    env = loader_env(broker, topics, sim, symbols="BTCUSDT,HALTUSDT", STOP_AFTER_RECORDS="200")
+    process = await loader(env).start()
+    assert await process.wait(60) == 0, process.output()[-3000:]
+    events = await events_of(broker, topics)
+    assert [e["status"] for e in events][:2] == ["started", "loading"]
+    assert "HALTUSDT is listed but not trading (status BREAK)" in events[1]["message"]
+    assert events[-1]["status"] == "finished"
+    ids = trade_ids(await read_all(broker.plaintext, topics.data), "BTCUSDT")
+    assert ids == list(range(ids[0], ids[0] + 200))
