@@ -163,3 +163,23 @@ def test_the_readme_documents_every_variable() -> None:
         names = alias.choices if isinstance(alias, AliasChoices) else [alias]
         for name in names:
             assert f"`{name}`" in readme, f"{name} is missing from the README"
+
+
+def test_the_readme_states_each_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    checked = 0
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        name = alias.choices[0] if isinstance(alias, AliasChoices) else alias
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}`")]
+        if info.is_required() or not rows:
+            continue
+        stated = rows[0].split("|")[2].strip()
+        if info.default is None:
+            assert stated == "unset" or "else" in stated, f"{name}: {stated}"
+        elif isinstance(info.default, int | float) and not isinstance(info.default, bool):
+            assert float(stated.strip("`")) == info.default, f"{name}: {stated}"
+        else:
+            assert stated == f"`{info.default}`", f"{name}: {stated}"
+        checked += 1
+    assert checked >= 30
