@@ -6,7 +6,6 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,28 +13,8 @@ from support.kafka_broker import BrokerEnv
 from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
-from support.topics import CONTRACT_EVENT_FIELDS, TopicSet, publish, read_all, trade_ids
-
-
-def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
-    assert events, "no telemetry"
-    for event in events:
-        assert set(event) == CONTRACT_EVENT_FIELDS
-        assert event["queue_id"] == queue_id
-        assert event["type"] == "ws_trade"
-        assert isinstance(event["timestamp"], float)
-    statuses = [e["status"] for e in events]
-    assert statuses[0] == "started"
-    assert statuses[-1] == final
-    assert set(statuses[1:-1]) <= {"loading"}
-    assert [e["finished"] for e in events] == [False] * (len(events) - 1) + [True]
-    counts = [e["records_written"] for e in events]
-    assert counts == sorted(counts)
-    assert counts[-1] == written
-
-
-async def events_of(broker: BrokerEnv, topics: TopicSet) -> list[dict[str, Any]]:
-    return [r.json() for r in await read_all(broker.plaintext, topics.events)]
+from support.telemetry import assert_telemetry, events_of
+from support.topics import TopicSet, publish, read_all, trade_ids
 
 
 @pytest.mark.parametrize("source", [CURRENT, LEGACY], ids=["current", "legacy-b-a"])

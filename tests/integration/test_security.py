@@ -30,8 +30,8 @@ from support.kafka_broker import BrokerEnv
 from support.recorded import CURRENT, LEGACY, expected_message, trades
 from support.service import LoaderProcess, loader_env
 from support.simulator import Simulator
+from support.telemetry import assert_telemetry, events_of
 from support.topics import (
-    CONTRACT_EVENT_FIELDS,
     TopicSet,
     create_topics,
     publish,
@@ -150,25 +150,6 @@ def sasl_env(
         "CA_PATH": str(ca_path or broker.ca_path),
     }
     return env
-
-
-async def events_of(broker: BrokerEnv, topics: TopicSet) -> list[dict[str, Any]]:
-    return [r.json() for r in await read_all(broker.plaintext, topics.events)]
-
-
-def assert_telemetry(events: list[dict[str, Any]], queue_id: str, final: str, written: int) -> None:
-    assert events, "no telemetry"
-    for event in events:
-        assert set(event) == CONTRACT_EVENT_FIELDS
-        assert event["queue_id"] == queue_id
-    statuses = [e["status"] for e in events]
-    assert statuses[0] == "started"
-    assert statuses[-1] == final
-    assert set(statuses[1:-1]) <= {"loading"}
-    assert [e["finished"] for e in events] == [False] * (len(events) - 1) + [True]
-    counts = [e["records_written"] for e in events]
-    assert counts == sorted(counts)
-    assert counts[-1] == written
 
 
 async def wait_for_log(
