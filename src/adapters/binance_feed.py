@@ -108,10 +108,6 @@ class BinanceTradeFeed(TradeFeed):
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
         stats.queue_depth = lambda: len(self._buffer)
 
-    @property
-    def url(self) -> str:
-        return self._url
-
     async def open(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="feed-supervisor")

@@ -51,18 +51,6 @@ class LatencyHistogram:
         self.count += 1
         self.total += seconds
 
-    def quantile(self, q: float) -> float:
-        """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for index, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank and count:
-                return self.bounds[index] if index < len(self.bounds) else float("inf")
-        return float("inf")
-
 
 class RunStats(LoaderMetrics):
     """Counters of one run; adapters and the use case write, the collector reads."""

@@ -65,10 +65,6 @@ class AttemptWindow:
         self._forget(now)
         self._attempts.append(now)
 
-    def count(self, now: float) -> int:
-        self._forget(now)
-        return len(self._attempts)
-
     def _forget(self, now: float) -> None:
         while self._attempts and self._attempts[0] + self.window <= now:
             self._attempts.popleft()
