@@ -67,6 +67,7 @@ from websockets.asyncio.client import connect
 
 from adapters.binance_codec import FrameDecoder
 from adapters.binance_feed import FeedTuning, stream_url
+from adapters.clock import SystemClock
 from adapters.kafka import (
     KafkaConnection,
     KafkaTradePublisher,
@@ -790,8 +791,8 @@ async def push(
         keys = {symbol: symbol.encode() for symbol in symbols}
         partition_of = {s: partitioner(keys[s], ordered, ordered) for s in symbols}
         records = [(trade.symbol, encode_trade(trade)) for trade in trades]
-        publisher = KafkaTradePublisher(producer, topic, connection, tuning, stats)
-        await publisher.prepare(symbols)
+        publisher = KafkaTradePublisher(producer, topic, connection, tuning, stats, SystemClock())
+        await publisher.start(symbols)
         futures: list[asyncio.Future[Any]] = []
         wall = time.perf_counter()
         cpu = time.process_time()

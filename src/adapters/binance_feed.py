@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidH
 
 from adapters.binance_codec import OVERSIZED, FrameDecoder, FrameIssue
 from adapters.metrics import RunStats
-from application.ports import FeedItem, Received, Reconnected, TradeFeed
+from application.ports import Clock, FeedItem, Received, Reconnected, TradeFeed
 from domain.backoff import AttemptWindow, Backoff
 from domain.errors import ExchangeUnavailableError
 from domain.trade import Trade
@@ -51,12 +51,88 @@ def stream_url(base_url: str, symbols: Sequence[str]) -> str:
     return f"{root}/stream?streams={'/'.join(streams)}"
 
 
+class ConnectFailed(Exception):
+    """A connection to the exchange could not be opened; the message says why."""
+
+
+class ConnectionLost(Exception):
+    """An open connection ended without the loader closing it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StreamConnection(Protocol):
+    """One open connection to the exchange's stream."""
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        """The frames as they arrive; raises ``ConnectionLost`` when the connection ends."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        ...
+
+
+Connector = Callable[[str], Awaitable[StreamConnection]]
+"""Opens a connection to a stream URL, or raises ``ConnectFailed``."""
+
+
+class _WebSocket(StreamConnection):
+    """A websockets client connection, its closes told as ``ConnectionLost``."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        try:
+            async for frame in self._ws:
+                yield frame
+        except ConnectionClosedOK:
+            raise ConnectionLost(_close_reason(self._ws, clean=True)) from None
+        except ConnectionClosed:
+            raise ConnectionLost(_close_reason(self._ws, clean=False)) from None
+        except OSError as error:
+            raise ConnectionLost(f"network error: {error}") from None
+        raise ConnectionLost(_close_reason(self._ws, clean=True))
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, ConnectionClosed):
+            await self._ws.close()
+
+
+def websocket_connector(tuning: FeedTuning) -> Connector:
+    """Opens websockets client connections with the feed's time-outs and size limits."""
+
+    async def open_websocket(url: str) -> StreamConnection:
+        try:
+            ws = await connect(
+                url,
+                open_timeout=tuning.open_timeout,
+                ping_interval=tuning.ping_interval,
+                ping_timeout=tuning.ping_timeout,
+                close_timeout=tuning.close_timeout,
+                max_size=max(tuning.max_frame_bytes * 16, 1 << 20),
+                max_queue=(4096, 1024),
+                compression=None,
+                proxy=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as error:
+            raise ConnectFailed(f"{type(error).__name__}: {error}") from None
+        return _WebSocket(ws)
+
+    return open_websocket
+
+
 class _Link:
-    """One WebSocket connection and the task that reads it."""
+    """One connection to the exchange and the task that reads it."""
 
     __slots__ = ("frames", "number", "opened_at", "reader", "reason", "ws")
 
-    def __init__(self, ws: ClientConnection, number: int, opened_at: float) -> None:
+    def __init__(self, ws: StreamConnection, number: int, opened_at: float) -> None:
         self.ws = ws
         self.number = number
         self.opened_at = opened_at
@@ -84,12 +160,16 @@ class BinanceTradeFeed(TradeFeed):
         symbols: Sequence[str],
         tuning: FeedTuning,
         stats: RunStats,
+        clock: Clock,
+        connect: Connector | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._url = stream_url(ws_url, symbols)
         self._symbols = tuple(symbols)
         self._tuning = tuning
         self._stats = stats
+        self._clock = clock
+        self._connect = connect or websocket_connector(tuning)
         self._rand = rand
         self._decoder = FrameDecoder(frozenset(symbols), tuning.max_frame_bytes)
         self._buffer: deque[_Entry] = deque()
@@ -99,7 +179,8 @@ class BinanceTradeFeed(TradeFeed):
         self._closing = False
         self._failure: ExchangeUnavailableError | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._links: set[_Link] = set()
+        # Insertion-ordered, so that connections are always shut in the order they opened.
+        self._links: dict[_Link, None] = {}
         self._connections = 0
         self._attempt = 0
         self._pauses = 0
@@ -107,6 +188,11 @@ class BinanceTradeFeed(TradeFeed):
         self._resume_at = max(1, tuning.buffer_frames * 3 // 4)
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
         stats.queue_depth = lambda: len(self._buffer)
+
+    @property
+    def buffered(self) -> int:
+        """Frames received and not yet decoded."""
+        return len(self._buffer)
 
     async def open(self) -> None:
         if self._supervisor is None:
@@ -162,7 +248,7 @@ class BinanceTradeFeed(TradeFeed):
             else:
                 self._note(result, frame)  # type: ignore[arg-type]
         if last is not None:
-            self._stats.exchange_lag[last.symbol] = time.time() - last.timestamp / 1000
+            self._stats.exchange_lag[last.symbol] = self._clock.time() - last.timestamp / 1000
         if len(buffer) < self._resume_at and not self._room.is_set():
             self._room.set()
         return items
@@ -194,7 +280,7 @@ class BinanceTradeFeed(TradeFeed):
 
     async def _supervise(self) -> None:
         current: _Link | None = None
-        down_since = time.monotonic()
+        down_since = self._clock.monotonic()
         reason = ""
         while not self._closing:
             link = await self._open(down_since)
@@ -217,11 +303,11 @@ class BinanceTradeFeed(TradeFeed):
                 self._stats.feed_connected = False
                 self._stats.reconnects[reason] += 1
                 healthy = link.frames > 0 or (
-                    time.monotonic() - link.opened_at >= self._tuning.stable_after
+                    self._clock.monotonic() - link.opened_at >= self._tuning.stable_after
                 )
                 if healthy:
                     self._attempt = 0
-                    down_since = time.monotonic()
+                    down_since = self._clock.monotonic()
                 else:
                     self._attempt += 1
                 logger.warning(
@@ -235,7 +321,7 @@ class BinanceTradeFeed(TradeFeed):
                 logger.info(
                     "Replacing exchange connection {n} ({reason})", n=link.number, reason=reason
                 )
-                down_since = time.monotonic()
+                down_since = self._clock.monotonic()
 
     async def _hold(self, link: _Link) -> tuple[str, bool]:
         """Wait until ``link`` is lost (True) or should be replaced (False), and say why."""
@@ -259,7 +345,7 @@ class BinanceTradeFeed(TradeFeed):
     async def _open(self, down_since: float) -> _Link | None:
         while not self._closing:
             attempt = self._attempt
-            now = time.monotonic()
+            now = self._clock.monotonic()
             delay = self._tuning.backoff.delay(attempt, self._rand()) if attempt >= 1 else 0.0
             delay = max(delay, self._window.wait_before_next(now))
             deadline = down_since + self._tuning.unavailable_timeout
@@ -270,24 +356,14 @@ class BinanceTradeFeed(TradeFeed):
             delay = min(delay, max(0.0, deadline - now))
             if delay > 0:
                 await asyncio.sleep(delay)
-            while (wait := self._window.wait_before_next(time.monotonic())) > 0:  # noqa: ASYNC110
+            while (wait := self._window.wait_before_next(self._clock.monotonic())) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
-            self._window.record(time.monotonic())
+            self._window.record(self._clock.monotonic())
             self._connections += 1
             number = self._connections
             try:
-                ws = await connect(
-                    self._url,
-                    open_timeout=self._tuning.open_timeout,
-                    ping_interval=self._tuning.ping_interval,
-                    ping_timeout=self._tuning.ping_timeout,
-                    close_timeout=self._tuning.close_timeout,
-                    max_size=max(self._tuning.max_frame_bytes * 16, 1 << 20),
-                    max_queue=(4096, 1024),
-                    compression=None,
-                    proxy=None,
-                )
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as error:
+                ws = await self._connect(self._url)
+            except ConnectFailed as error:
                 self._attempt += 1
                 attempt = self._attempt
                 self._stats.reconnects["connect_failed"] += 1
@@ -295,11 +371,11 @@ class BinanceTradeFeed(TradeFeed):
                     "Could not connect to the exchange at {url} (attempt {attempt}): {error}",
                     url=self._url,
                     attempt=attempt,
-                    error=f"{type(error).__name__}: {error}",
+                    error=str(error),
                 )
                 continue
-            link = _Link(ws, number, time.monotonic())
-            self._links.add(link)
+            link = _Link(ws, number, self._clock.monotonic())
+            self._links[link] = None
             logger.info(
                 "Connected to the exchange: {url} (connection {n})", url=self._url, n=number
             )
@@ -320,7 +396,7 @@ class BinanceTradeFeed(TradeFeed):
         arrived = self._arrived
         limit = self._tuning.buffer_frames
         max_bytes = self._tuning.max_frame_bytes
-        clock = time.monotonic
+        clock = self._clock.monotonic
         try:
             async for frame in link.ws:
                 link.frames += 1
@@ -331,13 +407,8 @@ class BinanceTradeFeed(TradeFeed):
                     await self._wait_for_room(limit)
                 buffer.append((frame, clock()))
                 arrived.set()
-            link.reason = _close_reason(link.ws, clean=True)
-        except ConnectionClosedOK:
-            link.reason = _close_reason(link.ws, clean=True)
-        except ConnectionClosed:
-            link.reason = _close_reason(link.ws, clean=False)
-        except OSError as error:
-            link.reason = f"network error: {error}"
+        except ConnectionLost as lost:
+            link.reason = lost.reason
 
     async def _wait_for_room(self, limit: int) -> None:
         """Stop reading while the buffer is full: the socket then pushes back on the exchange.
@@ -361,14 +432,14 @@ class BinanceTradeFeed(TradeFeed):
     async def _shut(self, link: _Link) -> None:
         try:
             await asyncio.wait_for(link.ws.close(), self._tuning.close_timeout + 1)
-        except (TimeoutError, OSError, ConnectionClosed):
+        except TimeoutError:
             pass
         finally:
             if link.reader is not None and not link.reader.done():
                 link.reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await link.reader
-            self._links.discard(link)
+            self._links.pop(link, None)
 
 
 def _close_reason(ws: ClientConnection, *, clean: bool) -> str:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from loguru import logger
 
 from adapters.binance_codec import parse_history_trade
-from application.ports import HistoryError, SymbolDirectory, SymbolInfo, TradeHistory
+from application.ports import Clock, HistoryError, SymbolDirectory, SymbolInfo, TradeHistory
 from domain.errors import ExchangeUnavailableError, UnknownSymbolError
 from domain.trade import Trade
 
@@ -33,6 +32,63 @@ class RestTuning:
 
 
 @dataclass(frozen=True, slots=True)
+class RestReply:
+    """One HTTP answer of the REST API, as much of it as the client reads."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+    used_weight: str | None = None
+    """The ``Retry-After`` and ``X-MBX-USED-WEIGHT-1M`` headers, as sent."""
+
+
+class RestUnreachable(Exception):
+    """The request got no HTTP answer (network error, time-out)."""
+
+
+class RestTransport(Protocol):
+    """HTTP GET against the REST base URL."""
+
+    async def get(self, url: str, params: dict[str, str]) -> RestReply:
+        """The answer to one GET; raises ``RestUnreachable`` when none came."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connections; safe to call more than once."""
+        ...
+
+
+class AiohttpTransport(RestTransport):
+    """GET requests over one aiohttp session, each bounded by ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def get(self, url: str, params: dict[str, str]) -> RestReply:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"User-Agent": "loader-ws-trades"},
+            )
+        try:
+            async with self._session.get(url, params=params) as response:
+                return RestReply(
+                    response.status,
+                    await response.read(),
+                    response.headers.get("Retry-After"),
+                    response.headers.get("X-MBX-USED-WEIGHT-1M"),
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise RestUnreachable(repr(error)) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
     body: Any
@@ -42,25 +98,22 @@ class _Reply:
 class BinanceRestClient(SymbolDirectory, TradeHistory):
     """``exchangeInfo`` for symbol validation; ``historicalTrades`` to fill gaps."""
 
-    def __init__(self, base_url: str, tuning: RestTuning) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        tuning: RestTuning,
+        clock: Clock,
+        transport: RestTransport | None = None,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._tuning = tuning
-        self._session: aiohttp.ClientSession | None = None
+        self._clock = clock
+        self._transport = transport or AiohttpTransport(tuning.request_timeout)
         self._used_weight = 0
         self._weight_minute = 0
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._tuning.request_timeout),
-                headers={"User-Agent": "loader-ws-trades"},
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            )
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._transport.close()
 
     async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
         reply = await self._exchange_info(symbols)
@@ -120,21 +173,20 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
 
     async def _get_with_retry(self, path: str, params: dict[str, str], weight: int) -> _Reply:
         """GET with retries: network errors until ``unavailable_timeout``, 429/418/5xx as told."""
-        started = time.monotonic()
+        started = self._clock.monotonic()
         delay = 0.5
         while True:
             await self._respect_budget(weight)
             try:
                 reply = await self._get(path, params)
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                waited = time.monotonic() - started
+            except RestUnreachable as error:
+                waited = self._clock.monotonic() - started
                 if waited >= self._tuning.unavailable_timeout:
                     raise ExchangeUnavailableError(
-                        f"exchange REST API at {self._base} unreachable for {waited:.0f} s: "
-                        f"{type(error).__name__}: {error}"
+                        f"exchange REST API at {self._base} unreachable for {waited:.0f} s: {error}"
                     ) from None
                 logger.warning(
-                    "Exchange REST {path} failed ({error}); retrying", path=path, error=repr(error)
+                    "Exchange REST {path} failed ({error}); retrying", path=path, error=str(error)
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -142,10 +194,10 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
             if reply.status in (418, 429) or reply.status >= 500:
                 wait = reply.retry_after if reply.retry_after is not None else delay
                 delay = min(delay * 2, 30.0)
-                if time.monotonic() - started + wait > self._tuning.max_retry_wait:
+                spent = self._clock.monotonic() - started
+                if spent + wait > self._tuning.max_retry_wait:
                     raise ExchangeUnavailableError(
-                        f"exchange REST {path} kept answering HTTP {reply.status} "
-                        f"for {time.monotonic() - started:.0f} s"
+                        f"exchange REST {path} kept answering HTTP {reply.status} for {spent:.0f} s"
                     )
                 logger.warning(
                     "Exchange REST {path} answered HTTP {status}: waiting {wait:g} s as told",
@@ -158,12 +210,12 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
             return reply
 
     async def _respect_budget(self, weight: int) -> None:
-        minute = int(time.time() // 60)
+        minute = int(self._clock.time() // 60)
         if minute != self._weight_minute:
             self._weight_minute = minute
             self._used_weight = 0
         if self._used_weight + weight > self._tuning.weight_budget:
-            wait = 60 - time.time() % 60 + 0.5
+            wait = 60 - self._clock.time() % 60 + 0.5
             logger.warning(
                 "REST request weight {used} of {budget} used this minute: waiting {wait:.1f} s",
                 used=self._used_weight,
@@ -171,29 +223,27 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
                 wait=wait,
             )
             await asyncio.sleep(wait)
-            self._weight_minute = int(time.time() // 60)
+            self._weight_minute = int(self._clock.time() // 60)
             self._used_weight = 0
         self._used_weight += weight
 
     async def _get(self, path: str, params: dict[str, str]) -> _Reply:
-        await self.start()
-        assert self._session is not None  # noqa: S101 - start() sets it
-        async with self._session.get(self._base + path, params=params) as response:
-            raw = await response.read()
-            used = response.headers.get("X-MBX-USED-WEIGHT-1M")
-            if used is not None and used.isdigit():
-                self._weight_minute = int(time.time() // 60)
-                self._used_weight = max(self._used_weight, int(used))
-            retry_after = response.headers.get("Retry-After")
-            try:
-                body = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                body = raw[:200].decode(errors="replace")
-            return _Reply(
-                response.status,
-                body,
-                float(retry_after) if retry_after and _is_number(retry_after) else None,
-            )
+        response = await self._transport.get(self._base + path, params)
+        used = response.used_weight
+        if used is not None and used.isdigit():
+            self._weight_minute = int(self._clock.time() // 60)
+            self._used_weight = max(self._used_weight, int(used))
+        retry_after = response.retry_after
+        raw = response.body
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = raw[:200].decode(errors="replace")
+        return _Reply(
+            response.status,
+            body,
+            float(retry_after) if retry_after and _is_number(retry_after) else None,
+        )
 
 
 def _is_invalid_symbol(reply: _Reply) -> bool:

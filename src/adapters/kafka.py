@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
@@ -31,9 +31,11 @@ from adapters.kafka_codec import (
 )
 from adapters.metrics import RunStats
 from application.ports import (
+    Clock,
     ControlChannel,
     EventPublisher,
     LastPublished,
+    TopicTail,
     TradePublisher,
 )
 from domain.errors import (
@@ -269,6 +271,24 @@ async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
         await asyncio.wait_for(client.stop(), 5.0)
 
 
+class BatchProducer(Protocol):
+    """What the trade publisher uses of ``AIOKafkaProducer``."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The topic's partitions (creating the topic where the broker does that)."""
+        ...
+
+    def create_batch(self) -> BatchBuilder:
+        """An empty record batch."""
+        ...
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]:
+        """Queue a closed batch; the future completes with the broker's answer."""
+        ...
+
+
 class _OpenBatch:
     """A record batch of one symbol being filled, and when each of its trades arrived."""
 
@@ -292,17 +312,19 @@ class KafkaTradePublisher(TradePublisher):
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: BatchProducer,
         topic: str,
         connection: KafkaConnection,
         tuning: ProducerTuning,
         stats: RunStats,
+        clock: Clock,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._connection = connection
         self._tuning = tuning
         self._stats = stats
+        self._clock = clock
         self._linger = tuning.linger_ms / 1000
         self._partitions: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
@@ -313,13 +335,18 @@ class KafkaTradePublisher(TradePublisher):
         self._pending = 0
         self._acked = 0
         self._failure: LoaderError | None = None
-        self._last_progress = time.monotonic()
+        self._last_progress = clock.monotonic()
         self._window_open = asyncio.Event()
         self._window_open.set()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def prepare(self, symbols: Sequence[str]) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Trades handed to the producer and not yet acknowledged or failed."""
+        return self._pending
+
+    async def start(self, symbols: Sequence[str]) -> None:
         """Look up the topic's partitions: fails early on a missing permission."""
         try:
             partitions = await asyncio.wait_for(
@@ -348,7 +375,7 @@ class KafkaTradePublisher(TradePublisher):
         batch = self._open.get(symbol)
         if batch is None:
             if symbol not in self._partitions:
-                await self.prepare([symbol])
+                await self.start([symbol])
             batch = self._start(symbol)
         value = encode_trade(trade)
         if batch.builder.append(timestamp=None, key=self._keys[symbol], value=value) is None:
@@ -358,7 +385,7 @@ class KafkaTradePublisher(TradePublisher):
                 raise BrokerUnavailableError(f"a trade message of {len(value)} bytes fits no batch")
         batch.received.append(received_at)
         if self._pending == 0:
-            self._last_progress = time.monotonic()
+            self._last_progress = self._clock.monotonic()
             self._idle.clear()
         self._pending += 1
         if self._pending >= self._tuning.max_in_flight_trades:
@@ -422,7 +449,7 @@ class KafkaTradePublisher(TradePublisher):
         if error is not None:
             self._fail(classify_kafka_error(error, self._connection))
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._acked += count
         self._last_progress = now
         if not self._stats.broker_reachable:
@@ -456,7 +483,7 @@ class KafkaTradePublisher(TradePublisher):
             raise self._failure
 
     def _check_outage(self) -> None:
-        silent = time.monotonic() - self._last_progress
+        silent = self._clock.monotonic() - self._last_progress
         if silent > self._tuning.outage_timeout:
             self._stats.broker_reachable = False
             raise BrokerUnavailableError(
@@ -469,7 +496,8 @@ class KafkaTradePublisher(TradePublisher):
         while not event.is_set():
             if self._failure is not None:
                 raise self._failure
-            remaining = self._tuning.outage_timeout - (time.monotonic() - self._last_progress)
+            silent = self._clock.monotonic() - self._last_progress
+            remaining = self._tuning.outage_timeout - silent
             try:
                 await asyncio.wait_for(event.wait(), max(0.05, min(remaining, 1.0)))
             except TimeoutError:
@@ -483,13 +511,99 @@ class KafkaTradePublisher(TradePublisher):
         if self._failure is not None:
             raise self._failure
 
-    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
-        await self.prepare(symbols)
-        reader = TopicTailReader(self._connection, self._topic, self._tuning.connect_timeout)
-        return await reader.last_trades(symbols)
+
+class PartitionLog(Protocol):
+    """Read access to the partitions of one topic."""
+
+    async def partitions(self) -> set[int] | None:
+        """The topic's partitions, or None when the topic does not exist."""
+        ...
+
+    async def offsets(self, partition: int) -> tuple[int, int]:
+        """The partition's first retained offset and its end (the next offset to be written)."""
+        ...
+
+    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
+        """The values at offsets ``start`` up to ``stop`` (exclusive), oldest first."""
+        ...
 
 
-class TopicTailReader:
+async def newest_trades(
+    log: PartitionLog, symbols: Sequence[str], max_scan: int = 1_000_000
+) -> list[LastPublished]:
+    """The newest trade of each symbol in the log, read backwards from each partition's end."""
+    partitions = await log.partitions()
+    if not partitions:
+        return []
+    wanted = set(symbols)
+    found: dict[str, LastPublished] = {}
+    for partition in sorted(partitions):
+        begin, end = await log.offsets(partition)
+        span = 1000
+        stop = end
+        while stop > begin and not wanted.issubset(found) and end - stop < max_scan:
+            start = max(begin, stop - span)
+            newest = _newest_in(await log.read(partition, start, stop), wanted)
+            for symbol, last in newest.items():
+                found.setdefault(symbol, last)
+            stop = start
+            span *= 2
+    return list(found.values())
+
+
+def _newest_in(values: list[bytes | None], wanted: set[str]) -> dict[str, LastPublished]:
+    newest: dict[str, LastPublished] = {}
+    for value in values:
+        decoded = decode_trade_position(value)
+        if decoded is None or decoded[0] not in wanted:
+            continue
+        symbol, trade_id, timestamp = decoded
+        current = newest.get(symbol)
+        if current is None or trade_id > current.trade_id:
+            newest[symbol] = LastPublished(symbol, trade_id, timestamp)
+    return newest
+
+
+class _ConsumerLog(PartitionLog):
+    """A topic's partitions read through an assigned consumer without a group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._assigned: TopicPartition | None = None
+
+    def _assign(self, partition: int) -> TopicPartition:
+        tp = TopicPartition(self._topic, partition)
+        if tp != self._assigned:
+            self._consumer.assign([tp])
+            self._assigned = tp
+        return tp
+
+    async def partitions(self) -> set[int] | None:
+        return await topic_partitions(self._consumer, self._topic)
+
+    async def offsets(self, partition: int) -> tuple[int, int]:
+        tp = self._assign(partition)
+        begin = (await self._consumer.beginning_offsets([tp]))[tp]
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        return begin, end
+
+    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
+        consumer = self._consumer
+        tp = self._assign(partition)
+        consumer.seek(tp, start)
+        values: list[bytes | None] = []
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            for record in batches.get(tp, []):
+                if record.offset >= stop:
+                    return values
+                values.append(record.value)
+            if await consumer.position(tp) >= stop:
+                return values
+
+
+class KafkaTopicTail(TopicTail):
     """Finds the newest trade of each symbol at the end of the trade topic."""
 
     def __init__(
@@ -504,7 +618,7 @@ class TopicTailReader:
         self._timeout = timeout
         self._max_scan = max_scan
 
-    async def last_trades(self, symbols: Sequence[str]) -> list[LastPublished]:
+    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
         consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
@@ -513,53 +627,22 @@ class TopicTailReader:
         )
         try:
             await asyncio.wait_for(consumer.start(), self._timeout)
-            return await asyncio.wait_for(self._scan(consumer, set(symbols)), self._timeout * 5)
+            log = _ConsumerLog(consumer, self._topic)
+            return await asyncio.wait_for(
+                newest_trades(log, symbols, self._max_scan), self._timeout * 5
+            )
         except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
             raise classify_kafka_error(error, self._connection) from None
         finally:
             await _stop_quietly(consumer)
 
-    async def _scan(self, consumer: AIOKafkaConsumer, wanted: set[str]) -> list[LastPublished]:
-        partitions = await topic_partitions(consumer, self._topic)
-        if not partitions:
-            return []
-        found: dict[str, LastPublished] = {}
-        for partition in sorted(partitions):
-            tp = TopicPartition(self._topic, partition)
-            consumer.assign([tp])
-            begin = (await consumer.beginning_offsets([tp]))[tp]
-            end = (await consumer.end_offsets([tp]))[tp]
-            span = 1000
-            stop = end
-            while stop > begin and not wanted.issubset(found) and end - stop < self._max_scan:
-                start = max(begin, stop - span)
-                newest = await self._read(consumer, tp, start, stop, wanted)
-                for symbol, last in newest.items():
-                    found.setdefault(symbol, last)
-                stop = start
-                span *= 2
-        return list(found.values())
 
-    @staticmethod
-    async def _read(
-        consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int, wanted: set[str]
-    ) -> dict[str, LastPublished]:
-        consumer.seek(tp, start)
-        newest: dict[str, LastPublished] = {}
-        while True:
-            batches = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-            for record in batches.get(tp, []):
-                if record.offset >= stop:
-                    return newest
-                decoded = decode_trade_position(record.value)
-                if decoded is None or decoded[0] not in wanted:
-                    continue
-                symbol, trade_id, timestamp = decoded
-                current = newest.get(symbol)
-                if current is None or trade_id > current.trade_id:
-                    newest[symbol] = LastPublished(symbol, trade_id, timestamp)
-            if await consumer.position(tp) >= stop:
-                return newest
+class EventProducer(Protocol):
+    """What the event publisher uses of ``AIOKafkaProducer``."""
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes) -> Any:
+        """Send one record and wait for the broker's answer."""
+        ...
 
 
 class KafkaEventPublisher(EventPublisher):
@@ -567,7 +650,7 @@ class KafkaEventPublisher(EventPublisher):
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: EventProducer,
         topic: str,
         connection: KafkaConnection,
         timeout: float,

@@ -19,6 +19,7 @@ from application.ports import (
     Reconnected,
     SymbolDirectory,
     SymbolInfo,
+    TopicTail,
     TradeFeed,
     TradeHistory,
     TradePublisher,
@@ -127,7 +128,7 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         return trades[-1].trade_id if trades else None
 
 
-class InMemoryTradePublisher(TradePublisher):
+class InMemoryTradePublisher(TradePublisher, TopicTail):
     """Records published trades; acknowledges at once unless told to hold."""
 
     def __init__(self, *, auto_ack: bool = True) -> None:
@@ -138,6 +139,10 @@ class InMemoryTradePublisher(TradePublisher):
         self.failure: LoaderError | None = None
         self.flushed = False
         self._signal = _Signal()
+
+    async def start(self, symbols: Sequence[str]) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     async def publish(self, trade: Trade, received_at: float) -> None:
         if self.failure is not None:

@@ -17,6 +17,7 @@ from application.ports import (
     LoaderMetrics,
     Reconnected,
     SymbolDirectory,
+    TopicTail,
     TradeFeed,
     TradeHistory,
     TradePublisher,
@@ -75,6 +76,7 @@ class TradeLoader:
         directory: SymbolDirectory,
         history: TradeHistory,
         publisher: TradePublisher,
+        tail: TopicTail,
         events: EventPublisher,
         control: ControlChannel,
         clock: Clock,
@@ -85,6 +87,7 @@ class TradeLoader:
         self._directory = directory
         self._history = history
         self._publisher = publisher
+        self._tail = tail
         self._events = events
         self._control = control
         self._clock = clock
@@ -132,11 +135,12 @@ class TradeLoader:
                 )
                 logger.warning(message)
                 await self._announce(self._state.loading(message))
+        await self._publisher.start(self._config.symbols)
         await self._resume()
 
     async def _resume(self) -> None:
         now_ms = self._clock.time() * 1000
-        for last in await self._publisher.last_published(self._config.symbols):
+        for last in await self._tail.last_published(self._config.symbols):
             age = (now_ms - last.timestamp) / 1000
             if age <= self._config.resume_window:
                 self._sequencer.resume(last.symbol, last.trade_id)

@@ -98,6 +98,10 @@ class HistoryError(Exception):
 class TradePublisher(Protocol):
     """The trade topic: many sends in flight, each counted once the broker acknowledged it."""
 
+    async def start(self, symbols: Sequence[str]) -> None:
+        """Get ready to publish these symbols' trades; fails early on a topic the broker refuses."""
+        ...
+
     async def publish(self, trade: Trade, received_at: float) -> None:
         """Queue one trade for the broker; waits only while the in-flight window is full."""
         ...
@@ -109,6 +113,10 @@ class TradePublisher(Protocol):
     async def flush(self, timeout: float) -> None:
         """Wait until every published trade is acknowledged, else ``BrokerUnavailableError``."""
         ...
+
+
+class TopicTail(Protocol):
+    """What the trade topic already holds, from earlier runs."""
 
     async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
         """The newest trade of each symbol already in the topic (none for symbols never seen)."""

@@ -14,6 +14,7 @@ from adapters.kafka import (
     KafkaConnection,
     KafkaControlChannel,
     KafkaEventPublisher,
+    KafkaTopicTail,
     KafkaTradePublisher,
     ProducerTuning,
     start_producer,
@@ -51,9 +52,8 @@ async def kafka_producer(
         await stop_producer(producer, stop_timeout if stats.broker_reachable else 1.0)
 
 
-async def rest_client(settings: Settings) -> AsyncIterator[BinanceRestClient]:
-    client = BinanceRestClient(settings.binance_rest_url, settings.rest_tuning())
-    await client.start()
+async def rest_client(settings: Settings, clock: SystemClock) -> AsyncIterator[BinanceRestClient]:
+    client = BinanceRestClient(settings.binance_rest_url, settings.rest_tuning(), clock)
     try:
         yield client
     finally:
@@ -73,7 +73,7 @@ class Container(containers.DeclarativeContainer):
     monitoring = providers.Resource(monitoring_server, settings, stats)
     # Stopping flushes nothing more (the use case flushed already), so a short bound suffices.
     producer = providers.Resource(kafka_producer, connection, producer_tuning, stats, 5.0)
-    rest = providers.Resource(rest_client, settings)
+    rest = providers.Resource(rest_client, settings, clock)
 
     trade_publisher = providers.Singleton(
         KafkaTradePublisher,
@@ -82,6 +82,13 @@ class Container(containers.DeclarativeContainer):
         connection,
         producer_tuning,
         stats,
+        clock,
+    )
+    topic_tail = providers.Singleton(
+        KafkaTopicTail,
+        connection,
+        settings.provided.kafka_topic,
+        settings.provided.kafka_connect_timeout_sec,
     )
     event_publisher = providers.Singleton(
         KafkaEventPublisher,
@@ -103,6 +110,7 @@ class Container(containers.DeclarativeContainer):
         settings.provided.symbols,
         settings.provided.feed_tuning.call(),
         stats,
+        clock,
     )
     loader = providers.Singleton(
         TradeLoader,
@@ -111,6 +119,7 @@ class Container(containers.DeclarativeContainer):
         directory=rest,
         history=rest,
         publisher=trade_publisher,
+        tail=topic_tail,
         events=event_publisher,
         control=control,
         clock=clock,

@@ -59,6 +59,7 @@ class World:
             directory=self.exchange,
             history=self.exchange,
             publisher=self.publisher,
+            tail=self.publisher,
             events=self.events,
             control=self.control,
             clock=self.clock,
