@@ -189,9 +189,7 @@ class BinanceTradeFeed(TradeFeed):
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
         stats.queue_depth = lambda: len(self._buffer)
 
-    @property
-    def buffered(self) -> int:
-        """Frames received and not yet decoded."""
+    def backlog(self) -> int:
         return len(self._buffer)
 
     async def open(self) -> None:

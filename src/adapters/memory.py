@@ -96,6 +96,9 @@ class InMemoryTradeFeed(TradeFeed):
     def reconnect(self, reason: str) -> None:
         self.reconnect_requests.append(reason)
 
+    def backlog(self) -> int:
+        return len(self._items)
+
 
 class InMemoryExchange(SymbolDirectory, TradeHistory):
     """Symbols and trade history of a pretend exchange."""
@@ -105,6 +108,9 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         self.history: dict[str, list[Trade]] = {}
         self.history_requests: list[tuple[str, int, int]] = []
         self.refuse_history: str | None = None
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, history requests wait for it."""
+        self._signal = _Signal()
 
     def record(self, *trades: Trade) -> None:
         for trade in trades:
@@ -118,6 +124,9 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
 
     async def trades_from(self, symbol: str, from_id: int, limit: int) -> Sequence[Trade]:
         self.history_requests.append((symbol, from_id, limit))
+        await self._signal.notify()
+        if self.hold is not None:
+            await self.hold.wait()
         if self.refuse_history is not None:
             raise HistoryError(self.refuse_history)
         trades = [t for t in self.history.get(symbol, []) if t.trade_id >= from_id]
@@ -126,6 +135,9 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
     async def latest_trade_id(self, symbol: str) -> int | None:
         trades = self.history.get(symbol)
         return trades[-1].trade_id if trades else None
+
+    async def wait_for_requests(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.history_requests) >= count)
 
 
 class InMemoryTradePublisher(TradePublisher, TopicTail):

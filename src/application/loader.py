@@ -22,7 +22,12 @@ from application.ports import (
     TradeHistory,
     TradePublisher,
 )
-from domain.errors import BrokerUnavailableError, LoaderError, PermanentFailure
+from domain.errors import (
+    BrokerUnavailableError,
+    ExchangeUnavailableError,
+    LoaderError,
+    PermanentFailure,
+)
 from domain.messages import TelemetryEvent
 from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
@@ -101,6 +106,8 @@ class TradeLoader:
         self._streaming_since = 0.0
         self._broker_failed = False
         self._stopping_since = 0.0
+        self._unprocessed = 0
+        """Items of the feed's current batch the pump has not reached yet."""
 
     @property
     def state(self) -> LoaderState:
@@ -192,18 +199,31 @@ class TradeLoader:
             self._end_from(pump)
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
-        done, _ = await asyncio.wait({pump}, timeout=self._config.drain_timeout)
-        if not done:
-            logger.error(
-                "Received trades were not all published within {timeout:g} s",
-                timeout=self._config.drain_timeout,
-            )
+        if not await self._within(pump, self._config.drain_timeout):
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            self._end(Status.ERROR, "Publishing the received trades timed out at shutdown", 1)
+            unacknowledged = self._handed - self._publisher.acknowledged()
+            waiting = self._unprocessed + 1 + self._feed.backlog()
+            message = (
+                f"Received trades were not all published: DRAIN_TIMEOUT_SEC="
+                f"{self._config.drain_timeout:g} ran out with {unacknowledged} trades not yet "
+                f"acknowledged by Kafka and {waiting} frames not yet processed"
+            )
+            logger.error(message)
+            # Whatever ended the run, losing received trades makes it an error.
+            self._end(Status.ERROR, message, 1, lost=True)
             return
         self._end_from(pump)
+
+    async def _within(self, task: asyncio.Task[None], seconds: float) -> bool:
+        """Wait up to ``seconds`` of the clock for ``task``; whether it finished."""
+        timer = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        return task.done()
 
     def _end_from(self, pump: asyncio.Task[None]) -> None:
         if pump.cancelled():
@@ -213,7 +233,7 @@ class TradeLoader:
             self._fail(error)
         elif error is not None:
             logger.opt(exception=error).error("Unexpected failure while streaming")
-            self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1)
+            self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1, lost=True)
         else:
             self._end(Status.INTERRUPTED, "The trade feed closed", 0)
 
@@ -233,7 +253,9 @@ class TradeLoader:
             batch = await self._feed.next_batch()
             if not batch:
                 return
+            self._unprocessed = len(batch)
             for item in batch:
+                self._unprocessed -= 1
                 if isinstance(item, Reconnected):
                     await self._catch_up(item.reason)
                 else:
@@ -450,10 +472,18 @@ class TradeLoader:
         if isinstance(error, BrokerUnavailableError):
             self._broker_failed = True
         exit_code = 2 if isinstance(error, PermanentFailure) else 1
-        self._end(Status.ERROR, str(error), exit_code)
+        # An exchange that went away loses nothing received; any other failure may have.
+        lost = not isinstance(error, ExchangeUnavailableError)
+        self._end(Status.ERROR, str(error), exit_code, lost=lost)
 
-    def _end(self, status: Status, message: str, exit_code: int) -> None:
-        if self._ending is None:
+    def _end(self, status: Status, message: str, exit_code: int, *, lost: bool = False) -> None:
+        """Decide how the run ends: the first reason stands, unless received trades were lost.
+
+        A stop or a bound asks for a clean end; if publishing what was received then fails,
+        the run must not claim one.
+        """
+        current = self._ending
+        if current is None or (lost and current.status is not Status.ERROR):
             self._ending = _Ending(status, message, exit_code)
             self._ended.set()
 

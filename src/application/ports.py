@@ -70,6 +70,10 @@ class TradeFeed(Protocol):
         """Replace the current connection (a stream that went silent)."""
         ...
 
+    def backlog(self) -> int:
+        """Frames received and not yet handed out by ``next_batch``."""
+        ...
+
 
 class SymbolDirectory(Protocol):
     """The exchange's list of symbols."""

@@ -18,7 +18,11 @@ from adapters.memory import (
 from adapters.metrics import RunStats
 from application.loader import LoaderConfig, Outcome, TradeLoader
 from application.ports import LastPublished
-from domain.errors import BrokerAuthorizationError, ExchangeUnavailableError
+from domain.errors import (
+    BrokerAuthorizationError,
+    BrokerUnavailableError,
+    ExchangeUnavailableError,
+)
 from domain.messages import ControlCommand
 from domain.state import Status
 from support.factories import make_trade, make_trades
@@ -414,3 +418,61 @@ async def test_missing_trades_older_than_the_age_bound_are_reported_not_publishe
     assert world.stats.unrecoverable_trades["BTCUSDT"] == 3
     messages = [e.message for e in world.events.events]
     assert any("2..4 (3) could not be recovered: older than" in m for m in messages)
+
+
+async def test_a_stop_whose_drain_bound_runs_out_ends_in_error_saying_what_was_lost(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    world.exchange.hold = asyncio.Event()
+    sut = world.loader(drain_timeout=5, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
+    await world.exchange.wait_for_requests(1)
+    sut.request_stop("SIGTERM received")
+    # The telemetry and silence timers, and now the drain bound.
+    await world.clock.wait_for_sleepers(3)
+    await world.clock.advance(5)
+    outcome = await run
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 1
+    assert "DRAIN_TIMEOUT_SEC=5" in outcome.message
+    assert "3 frames not yet processed" in outcome.message
+    assert world.events.statuses[-1] == "error"
+    assert_contract_sequence(world, outcome)
+
+
+async def test_a_time_bound_whose_drain_runs_out_ends_in_error_not_finished(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    world.exchange.hold = asyncio.Event()
+    sut = world.loader(
+        drain_timeout=5, stop_after_seconds=30, telemetry_interval=1000, silence_timeout=1000
+    )
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
+    await world.exchange.wait_for_requests(1)
+    await world.clock.advance(30)
+    # The telemetry and silence timers, and now the drain bound.
+    await world.clock.wait_for_sleepers(3)
+    await world.clock.advance(5)
+    outcome = await run
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 1
+    assert "DRAIN_TIMEOUT_SEC=5" in outcome.message
+
+
+async def test_a_publisher_failing_while_draining_a_stop_ends_in_error(world: World) -> None:
+    sut = world.loader(telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.publisher.failure = BrokerUnavailableError("Kafka has not acknowledged trades for 120 s")
+    world.feed.push(*make_trades(1, 3))
+    sut.request_stop("SIGTERM received")
+    outcome = await run
+    assert outcome.status is Status.ERROR
+    assert outcome.exit_code == 1
+    assert "not acknowledged trades" in outcome.message
