@@ -150,6 +150,8 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
         self.in_topic: list[LastPublished] = []
         self.failure: LoaderError | None = None
         self.flushed = False
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, each publish waits for it (a broker that is slow)."""
         self._signal = _Signal()
 
     async def start(self, symbols: Sequence[str]) -> None:
@@ -163,6 +165,8 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
         if self.auto_ack:
             self._acked = len(self.published)
         await self._signal.notify()
+        if self.hold is not None:
+            await self.hold.wait()
 
     def acknowledged(self) -> int:
         return self._acked

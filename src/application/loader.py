@@ -108,6 +108,9 @@ class TradeLoader:
         self._stopping_since = 0.0
         self._unprocessed = 0
         """Items of the feed's current batch the pump has not reached yet."""
+        self._horizon = 0.0
+        """When the newest live trade the pump has reached was received."""
+        self._silence_baseline: dict[str, int | None] = {}
 
     @property
     def state(self) -> LoaderState:
@@ -169,7 +172,7 @@ class TradeLoader:
     # The streaming phase.
 
     async def _stream(self) -> None:
-        self._streaming_since = self._clock.monotonic()
+        self._streaming_since = self._horizon = self._clock.monotonic()
         await self._feed.open()
         pump = asyncio.create_task(self._pump(), name="pump")
         helpers = [
@@ -259,6 +262,7 @@ class TradeLoader:
                 if isinstance(item, Reconnected):
                     await self._catch_up(item.reason)
                 else:
+                    self._horizon = item.received_at
                     await self._take(item.trade, item.received_at)
                 if self._over_limit():
                     self._end(
@@ -443,20 +447,15 @@ class TradeLoader:
         while True:
             await self._clock.sleep(timeout / 2)
             now = self._clock.monotonic()
+            if self._behind(now - timeout / 2):
+                # Trades wait to be processed: nothing can be told about silence until then.
+                continue
             for symbol in self._config.symbols:
                 if now - self._last_seen.get(symbol, self._streaming_since) < timeout:
                     continue
                 # Looked at now; a quiet market is looked at again only after another timeout.
                 self._last_seen[symbol] = now
-                try:
-                    newest = await self._history.latest_trade_id(symbol)
-                except HistoryError as error:
-                    logger.warning(
-                        "Could not check {symbol} for silence: {e}", symbol=symbol, e=error
-                    )
-                    continue
-                last = self._sequencer.last(symbol)
-                if newest is not None and (last is None or newest > last):
+                if await self._missed_trades(symbol, now, timeout / 2):
                     logger.warning(
                         "No {symbol} trade received for {timeout:g} s while the exchange shows "
                         "newer ones: reconnecting",
@@ -465,6 +464,33 @@ class TradeLoader:
                     )
                     self._feed.reconnect("silent stream")
                     break
+
+    def _behind(self, moment: float) -> bool:
+        """Whether items received before ``moment`` may still wait to be processed."""
+        waiting = self._unprocessed or self._feed.backlog()
+        return bool(waiting) and self._horizon < moment
+
+    async def _missed_trades(self, symbol: str, asked_at: float, patience: float) -> bool:
+        """Whether the exchange executed trades of ``symbol`` that the stream did not bring."""
+        try:
+            newest = await self._history.latest_trade_id(symbol)
+        except HistoryError as error:
+            logger.warning("Could not check {symbol} for silence: {e}", symbol=symbol, e=error)
+            return False
+        # What was received before the question may still wait its turn: judge once the pump
+        # has reached it, or not at all.
+        deadline = self._clock.monotonic() + patience
+        while self._behind(asked_at):
+            if self._clock.monotonic() >= deadline:
+                return False
+            await self._clock.sleep(0.05)
+        last = self._sequencer.last(symbol)
+        if last is not None:
+            return newest is not None and newest > last
+        # Nothing received yet: only trades newer than the first look count (a symbol that is
+        # listed but halted still has old trades in its history).
+        baseline = self._silence_baseline.setdefault(symbol, newest)
+        return newest is not None and (baseline is None or newest > baseline)
 
     # Ending.
 

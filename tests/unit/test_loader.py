@@ -476,3 +476,53 @@ async def test_a_publisher_failing_while_draining_a_stop_ends_in_error(world: Wo
     assert outcome.status is Status.ERROR
     assert outcome.exit_code == 1
     assert "not acknowledged trades" in outcome.message
+
+
+async def test_a_listed_symbol_that_does_not_trade_is_not_reconnected_for_silence(
+    world: World,
+) -> None:
+    world.exchange.symbols["HALTUSDT"] = "BREAK"
+    world.exchange.record(*make_trades(1, 5, symbol="HALTUSDT"))
+    sut = world.loader(symbols=("BTCUSDT", "HALTUSDT"), silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    for second in range(0, 600, 10):
+        world.feed.push(make_trade(100 + second // 10, symbol="BTCUSDT"))
+        await world.publisher.wait_for_count(1 + second // 10)
+        await world.clock.advance(10)
+    assert world.feed.reconnect_requests == []
+    sut.request_stop("done")
+    await run
+
+
+async def test_a_symbol_that_never_sends_while_the_exchange_trades_it_is_reconnected(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 5, symbol="ETHUSDT"))
+    sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    await world.clock.advance(90)
+    assert world.feed.reconnect_requests == []
+    world.exchange.record(*make_trades(6, 8, symbol="ETHUSDT"))
+    await world.clock.advance(60)
+    assert world.feed.reconnect_requests == ["silent stream"]
+    sut.request_stop("done")
+    await run
+
+
+async def test_a_backlog_behind_a_slow_broker_is_not_mistaken_for_silence(world: World) -> None:
+    world.exchange.record(*make_trades(1, 50))
+    world.publisher.hold = asyncio.Event()
+    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 50))
+    await world.publisher.wait_for_count(1)
+    await world.clock.advance(200)
+    assert world.feed.reconnect_requests == []
+    world.publisher.hold.set()
+    sut.request_stop("done")
+    outcome = await run
+    assert world.published_ids == list(range(1, 51))
+    assert outcome.status is Status.INTERRUPTED
