@@ -355,12 +355,10 @@ class KafkaTradePublisher(TradePublisher):
         except (kafka_errors.KafkaError, TimeoutError) as error:
             raise classify_kafka_error(error, self._connection) from None
         ordered = sorted(partitions)
-        partitioner = DefaultPartitioner()
         for symbol in symbols:
-            key = symbol.encode()
-            self._keys[symbol] = key
+            self._keys[symbol] = symbol.encode()
             # The key decides the partition as in every Kafka client; computed once per symbol.
-            self._partitions[symbol] = partitioner(key, ordered, ordered)
+            self._partitions[symbol] = partition_for(symbol, ordered)
         if self._shipper is None:
             self._shipper = asyncio.create_task(self._ship_forever(), name="kafka-shipper")
 
@@ -528,27 +526,66 @@ class PartitionLog(Protocol):
         ...
 
 
+def partition_for(symbol: str, partitions: Sequence[int]) -> int:
+    """The partition a symbol's trades go to: its key hashed as by every Kafka client."""
+    ordered = sorted(partitions)
+    partition: int = DefaultPartitioner()(symbol.encode(), ordered, ordered)
+    return partition
+
+
 async def newest_trades(
     log: PartitionLog, symbols: Sequence[str], max_scan: int = 1_000_000
 ) -> list[LastPublished]:
-    """The newest trade of each symbol in the log, read backwards from each partition's end."""
+    """The newest trade of each symbol in the log, read backwards from the partitions' ends.
+
+    A symbol's trades go to the partition its key maps to, so that partition is read first,
+    until the symbol is found. A symbol not found there was written before the topic grew:
+    the other partitions are read for it, and the highest trade id wins.
+    """
     partitions = await log.partitions()
     if not partitions:
         return []
-    wanted = set(symbols)
+    ordered = sorted(partitions)
+    everyone = set(symbols)
+    home = {symbol: partition_for(symbol, ordered) for symbol in symbols}
     found: dict[str, LastPublished] = {}
-    for partition in sorted(partitions):
-        begin, end = await log.offsets(partition)
-        span = 1000
-        stop = end
-        while stop > begin and not wanted.issubset(found) and end - stop < max_scan:
-            start = max(begin, stop - span)
-            newest = _newest_in(await log.read(partition, start, stop), wanted)
-            for symbol, last in newest.items():
-                found.setdefault(symbol, last)
-            stop = start
-            span *= 2
+    for partition in ordered:
+        wanted = {symbol for symbol, p in home.items() if p == partition}
+        if wanted:
+            await _scan_back(log, partition, wanted, everyone, found, max_scan)
+    missing = everyone - set(found)
+    if missing:
+        for partition in ordered:
+            await _scan_back(log, partition, set(missing), everyone, found, max_scan)
     return list(found.values())
+
+
+async def _scan_back(
+    log: PartitionLog,
+    partition: int,
+    wanted: set[str],
+    everyone: set[str],
+    found: dict[str, LastPublished],
+    max_scan: int,
+) -> None:
+    """Read ``partition`` backwards, in doubling spans, until every ``wanted`` symbol is seen.
+
+    The newest trade of any of ``everyone`` seen on the way is kept in ``found`` when it is
+    newer than what is there.
+    """
+    begin, end = await log.offsets(partition)
+    seen: set[str] = set()
+    span = 1000
+    stop = end
+    while stop > begin and not wanted <= seen and end - stop < max_scan:
+        start = max(begin, stop - span)
+        for symbol, last in _newest_in(await log.read(partition, start, stop), everyone).items():
+            seen.add(symbol)
+            current = found.get(symbol)
+            if current is None or last.trade_id > current.trade_id:
+                found[symbol] = last
+        stop = start
+        span *= 2
 
 
 def _newest_in(values: list[bytes | None], wanted: set[str]) -> dict[str, LastPublished]:

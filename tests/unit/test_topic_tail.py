@@ -1,0 +1,94 @@
+"""The topic-tail scan that a restart resumes from, over partitions held in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from adapters.kafka import PartitionLog, newest_trades, partition_for
+from adapters.kafka_codec import encode_trade
+from application.ports import LastPublished
+from support.factories import make_trades
+
+
+class ListLog(PartitionLog):
+    """Partitions as lists of message values."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions_data: list[list[bytes | None]] = [[] for _ in range(partitions)]
+        self.reads: list[tuple[int, int, int]] = []
+
+    def write(self, partition: int, first: int, last: int, symbol: str = "BTCUSDT") -> None:
+        for trade in make_trades(first, last, symbol=symbol):
+            self.partitions_data[partition].append(encode_trade(trade))
+
+    async def partitions(self) -> set[int] | None:
+        return set(range(len(self.partitions_data))) if self.partitions_data else None
+
+    async def offsets(self, partition: int) -> tuple[int, int]:
+        return 0, len(self.partitions_data[partition])
+
+    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
+        self.reads.append((partition, start, stop))
+        return self.partitions_data[partition][start:stop]
+
+
+def ids(found: Sequence[LastPublished]) -> dict[str, int]:
+    return {last.symbol: last.trade_id for last in found}
+
+
+def a_topic_where_the_key_is_not_in_partition_zero(symbol: str) -> int:
+    count = 2
+    while partition_for(symbol, list(range(count))) == 0:
+        count += 1
+    return count
+
+
+async def test_the_newest_trade_is_found_at_the_end_of_a_long_partition() -> None:
+    sut = ListLog(1)
+    sut.write(0, 1, 5000)
+    assert ids(await newest_trades(sut, ["BTCUSDT"])) == {"BTCUSDT": 5000}
+
+
+async def test_after_the_topic_grew_the_newest_trade_is_in_the_keys_partition_not_the_first() -> (
+    None
+):
+    count = a_topic_where_the_key_is_not_in_partition_zero("BTCUSDT")
+    home = partition_for("BTCUSDT", list(range(count)))
+    sut = ListLog(count)
+    sut.write(0, 1, 100)  # written while the topic had one partition
+    sut.write(home, 101, 150)  # written since it grew
+    assert ids(await newest_trades(sut, ["BTCUSDT"])) == {"BTCUSDT": 150}
+
+
+async def test_a_symbol_not_yet_written_since_the_topic_grew_is_found_where_it_was() -> None:
+    count = a_topic_where_the_key_is_not_in_partition_zero("BTCUSDT")
+    sut = ListLog(count)
+    sut.write(0, 1, 100)
+    assert ids(await newest_trades(sut, ["BTCUSDT"])) == {"BTCUSDT": 100}
+
+
+async def test_symbols_spread_over_partitions_are_each_found_in_their_own() -> None:
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
+    sut = ListLog(3)
+    for number, symbol in enumerate(symbols):
+        first = 1_000_000 * (number + 1)
+        sut.write(partition_for(symbol, [0, 1, 2]), first, first + 2500 + number, symbol)
+    found = ids(await newest_trades(sut, symbols))
+    assert found == {s: 1_000_000 * (n + 1) + 2500 + n for n, s in enumerate(symbols)}
+
+
+async def test_the_scan_reads_only_the_partitions_the_symbols_map_to() -> None:
+    count = a_topic_where_the_key_is_not_in_partition_zero("BTCUSDT")
+    home = partition_for("BTCUSDT", list(range(count)))
+    sut = ListLog(count)
+    sut.write(home, 1, 10)
+    for other in range(count):
+        if other != home:
+            sut.write(other, 1, 3000, "ETHUSDT")
+    assert ids(await newest_trades(sut, ["BTCUSDT"])) == {"BTCUSDT": 10}
+    assert {partition for partition, _, _ in sut.reads} == {home}
+
+
+async def test_an_empty_or_missing_topic_has_no_tail() -> None:
+    assert await newest_trades(ListLog(0), ["BTCUSDT"]) == []
+    assert await newest_trades(ListLog(2), ["BTCUSDT"]) == []
