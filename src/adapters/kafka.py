@@ -725,12 +725,17 @@ class KafkaEventPublisher(EventPublisher):
 
 
 async def read_from_start(
-    connection: KafkaConnection, topic: str, timeout: float, poll_interval: float = 2.0
+    connection: KafkaConnection,
+    topic: str,
+    timeout: float,
+    poll_interval: float = 2.0,
+    caught_up: asyncio.Event | None = None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of every partition of ``topic`` from the earliest retained one, then live.
 
     No consumer group: nothing is committed and no other reader can take records away. A topic
-    that does not exist yet is waited for.
+    that does not exist yet is waited for. ``caught_up`` is set once every record retained
+    when reading began has been yielded (at once when the topic does not exist).
     """
     consumer = AIOKafkaConsumer(
         group_id=None,
@@ -738,13 +743,16 @@ async def read_from_start(
         auto_offset_reset="earliest",
         **connection.options(),
     )
+    backlog_read = caught_up or asyncio.Event()
     try:
         try:
             await asyncio.wait_for(consumer.start(), timeout)
-            await _assign_from_start(consumer, topic, poll_interval)
+            ends = await _assign_from_start(consumer, topic, poll_interval, backlog_read)
         except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
             raise classify_kafka_error(error, connection) from None
         while True:
+            if not backlog_read.is_set() and await _reached(consumer, ends):
+                backlog_read.set()
             try:
                 batches = await consumer.getmany(timeout_ms=1000)
             except kafka_errors.KafkaError as error:
@@ -761,7 +769,17 @@ async def read_from_start(
         await _stop_quietly(consumer)
 
 
-async def _assign_from_start(consumer: AIOKafkaConsumer, topic: str, poll_interval: float) -> None:
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+async def _assign_from_start(
+    consumer: AIOKafkaConsumer, topic: str, poll_interval: float, backlog_read: asyncio.Event
+) -> dict[TopicPartition, int]:
+    """Assign every partition from its start; the end offsets are the backlog's end."""
     waited = False
     while True:
         partitions = await topic_partitions(consumer, topic)
@@ -770,13 +788,16 @@ async def _assign_from_start(consumer: AIOKafkaConsumer, topic: str, poll_interv
         if not waited:
             logger.warning("Topic {topic} does not exist yet; waiting for it", topic=topic)
             waited = True
+            backlog_read.set()  # nothing was retained
         await asyncio.sleep(poll_interval)
     assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assignment)
     await consumer.seek_to_beginning(*assignment)
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(assignment)
     logger.info(
         "Reading {topic} ({n} partitions) from the earliest offset", topic=topic, n=len(assignment)
     )
+    return ends
 
 
 class KafkaControlChannel(ControlChannel):
@@ -793,9 +814,12 @@ class KafkaControlChannel(ControlChannel):
         self._topic = topic
         self._timeout = timeout
         self._poll_interval = poll_interval
+        self._caught_up = asyncio.Event()
 
     async def commands(self) -> AsyncIterator[ControlCommand]:
-        records = read_from_start(self._connection, self._topic, self._timeout, self._poll_interval)
+        records = read_from_start(
+            self._connection, self._topic, self._timeout, self._poll_interval, self._caught_up
+        )
         async for record in records:
             command = decode_command(record.value)
             if isinstance(command, str):
@@ -807,6 +831,15 @@ class KafkaControlChannel(ControlChannel):
                 )
                 continue
             yield command
+
+    async def caught_up(self) -> None:
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), self._timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"the commands retained in {self._topic} could not be read within "
+                f"{self._timeout:g} s at {self._connection.who}"
+            ) from None
 
 
 async def send_command(

@@ -110,6 +110,9 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         self.refuse_history: str | None = None
         self.hold: asyncio.Event | None = None
         """While set to an unset event, history requests wait for it."""
+        self.hold_describe: asyncio.Event | None = None
+        """While set to an unset event, symbol lookups wait for it (REST retrying)."""
+        self.described = False
         self._signal = _Signal()
 
     def record(self, *trades: Trade) -> None:
@@ -117,6 +120,10 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
             self.history.setdefault(trade.symbol, []).append(trade)
 
     async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
+        self.described = True
+        await self._signal.notify()
+        if self.hold_describe is not None:
+            await self.hold_describe.wait()
         unknown = tuple(s for s in symbols if s not in self.symbols)
         if unknown:
             raise UnknownSymbolError(unknown)
@@ -136,6 +143,9 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         trades = self.history.get(symbol)
         return trades[-1].trade_id if trades else None
 
+    async def wait_described(self) -> None:
+        await self._signal.wait_until(lambda: self.described)
+
     async def wait_for_requests(self, count: int) -> None:
         await self._signal.wait_until(lambda: len(self.history_requests) >= count)
 
@@ -152,6 +162,9 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
         self.flushed = False
         self.hold: asyncio.Event | None = None
         """While set to an unset event, each publish waits for it (a broker that is slow)."""
+        self.hold_tail: asyncio.Event | None = None
+        """While set to an unset event, reading the topic's tail waits for it."""
+        self.tail_asked = False
         self._signal = _Signal()
 
     async def start(self, symbols: Sequence[str]) -> None:
@@ -182,7 +195,14 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
         self.flushed = True
 
     async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
+        self.tail_asked = True
+        await self._signal.notify()
+        if self.hold_tail is not None:
+            await self.hold_tail.wait()
         return [last for last in self.in_topic if last.symbol in symbols]
+
+    async def wait_tail_asked(self) -> None:
+        await self._signal.wait_until(lambda: self.tail_asked)
 
     async def wait_for_count(self, count: int) -> None:
         await self._signal.wait_until(lambda: len(self.published) >= count)
@@ -211,19 +231,39 @@ class InMemoryEventPublisher(EventPublisher):
 
 
 class InMemoryControlChannel(ControlChannel):
-    """Commands the test sends; they are delivered in order."""
+    """Commands the test sends; they are delivered in order.
 
-    def __init__(self, *commands: ControlCommand) -> None:
+    The ``commands`` given at construction are the retained backlog; with ``ready`` they are
+    delivered only once the test sets it (a consumer still starting).
+    """
+
+    def __init__(self, *commands: ControlCommand, ready: asyncio.Event | None = None) -> None:
+        self._backlog = list(commands)
         self._queue: asyncio.Queue[ControlCommand] = asyncio.Queue()
-        for command in commands:
-            self._queue.put_nowait(command)
+        self._ready = ready
+        self._caught_up = asyncio.Event()
+        self._signal = _Signal()
+        self.subscribed = False
 
     def send(self, command: ControlCommand) -> None:
         self._queue.put_nowait(command)
 
     async def commands(self) -> AsyncIterator[ControlCommand]:
+        self.subscribed = True
+        await self._signal.notify()
+        if self._ready is not None:
+            await self._ready.wait()
+        while self._backlog:
+            yield self._backlog.pop(0)
+        self._caught_up.set()
         while True:
             yield await self._queue.get()
+
+    async def caught_up(self) -> None:
+        await self._caught_up.wait()
+
+    async def wait_subscribed(self) -> None:
+        await self._signal.wait_until(lambda: self.subscribed)
 
 
 class ManualClock(Clock):

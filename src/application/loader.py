@@ -124,16 +124,38 @@ class TradeLoader:
         """Run until a bound, a stop or a failure; exactly one terminal event is sent."""
         symbols = ", ".join(self._config.symbols)
         await self._announce(self._state.start(f"Loader started for {symbols}"))
-        if self._ending is None:
-            try:
-                await self._prepare()
-            except LoaderError as error:
-                logger.error("Run failed before streaming: {error}", error=str(error))
-                self._fail(error)
-        if self._ending is not None:
-            return await self._conclude()
-        await self._stream()
-        return await self._shutdown()
+        # Commands are read from the start: a stop already in the topic ends the run before
+        # anything streams.
+        control = asyncio.create_task(self._watch(self._listen_control), name="control")
+        try:
+            if self._ending is None:
+                await self._unless_ended(self._prepare())
+            if self._ending is not None:
+                return await self._conclude()
+            await self._stream()
+            return await self._shutdown()
+        finally:
+            control.cancel()
+            await asyncio.gather(control, return_exceptions=True)
+
+    async def _unless_ended(self, job: Awaitable[None]) -> None:
+        """Do ``job`` unless the run ends first (a stop, a signal): then it is abandoned."""
+        task = asyncio.ensure_future(job)
+        ended = asyncio.create_task(self._ended.wait())
+        try:
+            await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        error = task.exception()
+        if isinstance(error, LoaderError):
+            logger.error("Run failed before streaming: {error}", error=str(error))
+            self._fail(error)
+        elif error is not None:
+            raise error
 
     async def _prepare(self) -> None:
         infos = await self._directory.describe(self._config.symbols)
@@ -147,6 +169,7 @@ class TradeLoader:
                 await self._announce(self._state.loading(message))
         await self._publisher.start(self._config.symbols)
         await self._resume()
+        await self._control.caught_up()
 
     async def _resume(self) -> None:
         now_ms = self._clock.time() * 1000
@@ -176,7 +199,6 @@ class TradeLoader:
         await self._feed.open()
         pump = asyncio.create_task(self._pump(), name="pump")
         helpers = [
-            asyncio.create_task(self._watch(self._listen_control), name="control"),
             asyncio.create_task(self._watch(self._tick), name="telemetry"),
             asyncio.create_task(self._watch(self._watch_silence), name="silence"),
         ]

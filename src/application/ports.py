@@ -142,6 +142,13 @@ class ControlChannel(Protocol):
         """Every well-formed command, oldest first, then live ones as they arrive."""
         ...
 
+    async def caught_up(self) -> None:
+        """Return once ``commands`` has delivered every command retained when it began.
+
+        Raises a ``LoaderError`` when the retained commands cannot be read in time.
+        """
+        ...
+
 
 class Clock(Protocol):
     """Time, so tests can drive the telemetry and bound timers."""

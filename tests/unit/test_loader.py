@@ -526,3 +526,60 @@ async def test_a_backlog_behind_a_slow_broker_is_not_mistaken_for_silence(world:
     outcome = await run
     assert world.published_ids == list(range(1, 51))
     assert outcome.status is Status.INTERRUPTED
+
+
+async def test_a_stop_in_the_backlog_is_read_before_anything_streams(world: World) -> None:
+    ready = asyncio.Event()
+    world.control = InMemoryControlChannel(ControlCommand("stop", QUEUE), ready=ready)
+    world.feed.push(*make_trades(1, 5))
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await world.control.wait_subscribed()
+    streaming_before_the_backlog_was_read = world.feed.opened
+    ready.set()
+    outcome = await run
+    assert not streaming_before_the_backlog_was_read
+    assert not world.feed.opened
+    assert world.published_ids == []
+    assert outcome.status is Status.INTERRUPTED
+    assert world.events.statuses == ["started", "interrupted"]
+
+
+async def test_a_signal_while_the_symbols_are_looked_up_interrupts_at_once(world: World) -> None:
+    world.exchange.hold_describe = asyncio.Event()
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await world.exchange.wait_described()
+    sut.request_stop("SIGTERM received")
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.INTERRUPTED
+    assert outcome.exit_code == 0
+    assert world.events.statuses == ["started", "interrupted"]
+    assert not world.feed.opened
+
+
+async def test_a_signal_during_a_long_scan_of_the_topic_tail_interrupts_at_once(
+    world: World,
+) -> None:
+    world.publisher.hold_tail = asyncio.Event()
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await world.publisher.wait_tail_asked()
+    sut.request_stop("SIGTERM received")
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.INTERRUPTED
+    assert world.events.statuses == ["started", "interrupted"]
+    assert not world.feed.opened
+
+
+async def test_a_stop_command_during_the_preparation_is_obeyed_before_streaming(
+    world: World,
+) -> None:
+    world.publisher.hold_tail = asyncio.Event()
+    sut = world.loader()
+    run = asyncio.create_task(sut.run())
+    await world.publisher.wait_tail_asked()
+    world.control.send(ControlCommand("stop", QUEUE))
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.INTERRUPTED
+    assert not world.feed.opened
