@@ -46,6 +46,7 @@ from domain.errors import (
     LoaderError,
 )
 from domain.messages import ControlCommand, TelemetryEvent
+from domain.sequence import Gap
 from domain.trade import Trade
 
 
@@ -292,13 +293,19 @@ class BatchProducer(Protocol):
 class _OpenBatch:
     """A record batch of one symbol being filled, and when each of its trades arrived."""
 
-    __slots__ = ("builder", "received", "sealed", "symbol")
+    __slots__ = ("builder", "first_id", "last_id", "received", "sealed", "symbol")
 
     def __init__(self, builder: BatchBuilder, symbol: str) -> None:
         self.builder = builder
         self.symbol = symbol
         self.received: list[float] = []
         self.sealed = False
+        self.first_id = -1
+        self.last_id = -1
+
+    @property
+    def trades(self) -> Gap:
+        return Gap(self.symbol, self.first_id, self.last_id)
 
 
 class KafkaTradePublisher(TradePublisher):
@@ -335,6 +342,7 @@ class KafkaTradePublisher(TradePublisher):
         self._pending = 0
         self._acked = 0
         self._failure: LoaderError | None = None
+        self._unwritten: list[Gap] = []
         self._last_progress = clock.monotonic()
         self._window_open = asyncio.Event()
         self._window_open.set()
@@ -381,6 +389,9 @@ class KafkaTradePublisher(TradePublisher):
             batch = self._start(symbol)
             if batch.builder.append(timestamp=None, key=self._keys[symbol], value=value) is None:
                 raise BrokerUnavailableError(f"a trade message of {len(value)} bytes fits no batch")
+        if not batch.received:
+            batch.first_id = trade.trade_id
+        batch.last_id = trade.trade_id
         batch.received.append(received_at)
         if self._pending == 0:
             self._last_progress = self._clock.monotonic()
@@ -409,7 +420,8 @@ class KafkaTradePublisher(TradePublisher):
 
     async def _ship_forever(self) -> None:
         try:
-            while True:
+            # After a failure nothing more is sent: a later batch landing would leave a hole.
+            while self._failure is None:
                 while not self._sealed:
                     self._has_sealed.clear()
                     await self._has_sealed.wait()
@@ -418,6 +430,9 @@ class KafkaTradePublisher(TradePublisher):
                 future.add_done_callback(partial(self._on_done, batch))
         except LoaderError as error:
             self._fail(error)
+        except Exception as error:  # noqa: BLE001 - a bug in the client must end the run, not hang it
+            logger.opt(exception=error).error("The Kafka client failed unexpectedly")
+            self._fail(BrokerUnavailableError(f"the Kafka client failed unexpectedly: {error!r}"))
 
     async def _send(self, batch: _OpenBatch) -> asyncio.Future[Any]:
         partition = self._partitions[batch.symbol]
@@ -442,10 +457,11 @@ class KafkaTradePublisher(TradePublisher):
         if self._pending == 0:
             self._idle.set()
         if future.cancelled():
+            self._refused(batch, BrokerUnavailableError("Kafka dropped a batch of trades unsent"))
             return
         error = future.exception()
         if error is not None:
-            self._fail(classify_kafka_error(error, self._connection))
+            self._refused(batch, classify_kafka_error(error, self._connection))
             return
         now = self._clock.monotonic()
         self._acked += count
@@ -457,6 +473,16 @@ class KafkaTradePublisher(TradePublisher):
         for received_at in batch.received:
             observe(now - received_at)
 
+    def _refused(self, batch: _OpenBatch, error: LoaderError) -> None:
+        lost = batch.trades
+        self._unwritten.append(lost)
+        self._fail(
+            type(error)(
+                f"{error}; {lost.symbol} trades {lost.first_id}..{lost.last_id} "
+                f"({len(batch.received)}) were not written"
+            )
+        )
+
     def _fail(self, error: LoaderError) -> None:
         if self._failure is None:
             self._failure = error
@@ -466,6 +492,9 @@ class KafkaTradePublisher(TradePublisher):
 
     def acknowledged(self) -> int:
         return self._acked
+
+    def unwritten(self) -> Sequence[Gap]:
+        return list(self._unwritten)
 
     async def flush(self, timeout: float) -> None:
         for batch in list(self._open.values()):
@@ -700,24 +729,26 @@ class KafkaEventPublisher(EventPublisher):
         self._stats = stats
         self._unacknowledged = False
 
-    async def publish(self, event: TelemetryEvent) -> None:
+    async def publish(self, event: TelemetryEvent, timeout: float | None = None) -> None:
         # Once the broker is known to be away, the event (the terminal one, as the run ends)
         # gets a short bound: the run must not wait out the outage bound a second time.
         known_down = self._unacknowledged or not self._stats.broker_reachable
-        timeout = min(self._timeout, 3.0) if known_down else self._timeout
+        limit = min(self._timeout, 3.0) if known_down else self._timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
         try:
             await asyncio.wait_for(
                 self._producer.send_and_wait(
                     self._topic, encode_event(event), key=event.queue_id.encode()
                 ),
-                timeout,
+                limit,
             )
             self._unacknowledged = False
         except TimeoutError:
             self._unacknowledged = True
             self._stats.broker_reachable = False
             raise BrokerUnavailableError(
-                f"Kafka did not acknowledge a telemetry event within {self._timeout:g} s "
+                f"Kafka did not acknowledge a telemetry event within {limit:g} s "
                 f"at {self._connection.who}"
             ) from None
         except kafka_errors.KafkaError as error:

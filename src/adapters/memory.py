@@ -26,6 +26,7 @@ from application.ports import (
 )
 from domain.errors import BrokerUnavailableError, LoaderError, UnknownSymbolError
 from domain.messages import ControlCommand, TelemetryEvent
+from domain.sequence import Gap
 from domain.trade import Trade
 
 
@@ -184,6 +185,9 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
     def acknowledged(self) -> int:
         return self._acked
 
+    def unwritten(self) -> Sequence[Gap]:
+        return []
+
     def ack_all(self) -> None:
         self._acked = len(self.published)
 
@@ -213,10 +217,12 @@ class InMemoryEventPublisher(EventPublisher):
 
     def __init__(self) -> None:
         self.events: list[TelemetryEvent] = []
+        self.timeouts: list[float | None] = []
         self.failure: LoaderError | None = None
         self._signal = _Signal()
 
-    async def publish(self, event: TelemetryEvent) -> None:
+    async def publish(self, event: TelemetryEvent, timeout: float | None = None) -> None:
+        self.timeouts.append(timeout)
         if self.failure is not None:
             raise self.failure
         self.events.append(event)

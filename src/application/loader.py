@@ -33,6 +33,9 @@ from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
 from domain.trade import Trade
 
+TERMINAL_EVENT_SECONDS = 3.0
+"""What the last event may take beyond the drain bound: a stop then ends within both."""
+
 
 @dataclass(frozen=True, slots=True)
 class LoaderConfig:
@@ -206,7 +209,6 @@ class TradeLoader:
             helpers.append(asyncio.create_task(self._watch(self._time_bound), name="time-bound"))
         try:
             await self._wait_end_or(pump)
-            self._stopping_since = self._clock.monotonic()
             await self._feed.close()
             await self._drain(pump)
         finally:
@@ -531,6 +533,8 @@ class TradeLoader:
         the run must not claim one.
         """
         current = self._ending
+        if current is None:
+            self._stopping_since = self._clock.monotonic()
         if current is None or (lost and current.status is not Status.ERROR):
             self._ending = _Ending(status, message, exit_code)
             self._ended.set()
@@ -567,8 +571,12 @@ class TradeLoader:
                 f"{ending.message}: loaded and published {count} trade records"
             )
         else:
-            change = self._state.fail(ending.message)
-        await self._announce(change)
+            change = self._state.fail(ending.message + self._not_written())
+        # The stop as a whole (draining, flushing, this event) fits the pod's grace period.
+        spent = self._clock.monotonic() - self._stopping_since
+        await self._announce(
+            change, max(self._config.drain_timeout - spent, 0.0) + TERMINAL_EVENT_SECONDS
+        )
         logger.info(
             "Run ended: {status} ({message}), {count} trade records written",
             status=change.status.value,
@@ -577,6 +585,15 @@ class TradeLoader:
         )
         return Outcome(change.status, change.message, ending.exit_code, count)
 
+    def _not_written(self) -> str:
+        """The trades the broker refused, told so that nobody takes the holes for gaps."""
+        gaps = self._publisher.unwritten()
+        if not gaps:
+            return ""
+        named = ", ".join(f"{g.symbol} trades {g.first_id}..{g.last_id}" for g in gaps[:20])
+        more = f" and {len(gaps) - 20} more batches" if len(gaps) > 20 else ""
+        return f". Not written to Kafka: {named}{more}"
+
     def _sync_records(self) -> None:
         if self._state.is_terminal:
             return
@@ -584,7 +601,7 @@ class TradeLoader:
         if delta > 0:
             self._state.record_written(delta)
 
-    async def _announce(self, change: StateChange) -> None:
+    async def _announce(self, change: StateChange, timeout: float | None = None) -> None:
         self._metrics.state(change.status)
         event = TelemetryEvent(
             queue_id=self._config.queue_id,
@@ -598,7 +615,7 @@ class TradeLoader:
             timestamp=self._clock.time(),
         )
         try:
-            await self._events.publish(event)
+            await self._events.publish(event, timeout)
         except LoaderError as error:
             logger.error(
                 "Telemetry event {status} could not be sent: {error}",

@@ -118,6 +118,10 @@ class TradePublisher(Protocol):
         """Wait until every published trade is acknowledged, else ``BrokerUnavailableError``."""
         ...
 
+    def unwritten(self) -> Sequence[Gap]:
+        """Trades the broker refused or dropped after they were handed over, by batch."""
+        ...
+
 
 class TopicTail(Protocol):
     """What the trade topic already holds, from earlier runs."""
@@ -130,8 +134,12 @@ class TopicTail(Protocol):
 class EventPublisher(Protocol):
     """The telemetry topic."""
 
-    async def publish(self, event: TelemetryEvent) -> None:
-        """Send one event and wait (bounded) for the broker's acknowledgement."""
+    async def publish(self, event: TelemetryEvent, timeout: float | None = None) -> None:
+        """Send one event and wait for the broker's acknowledgement, at most ``timeout`` s.
+
+        Without a ``timeout`` the adapter's own bound applies; raises a ``LoaderError``
+        when the event was not acknowledged.
+        """
         ...
 
 

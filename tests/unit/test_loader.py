@@ -16,7 +16,7 @@ from adapters.memory import (
     ManualClock,
 )
 from adapters.metrics import RunStats
-from application.loader import LoaderConfig, Outcome, TradeLoader
+from application.loader import TERMINAL_EVENT_SECONDS, LoaderConfig, Outcome, TradeLoader
 from application.ports import LastPublished
 from domain.errors import (
     BrokerAuthorizationError,
@@ -583,3 +583,20 @@ async def test_a_stop_command_during_the_preparation_is_obeyed_before_streaming(
     outcome = await asyncio.wait_for(run, 5)
     assert outcome.status is Status.INTERRUPTED
     assert not world.feed.opened
+
+
+async def test_the_last_event_of_a_stop_waits_no_longer_than_the_drain_bound_allows(
+    world: World,
+) -> None:
+    world.publisher.auto_ack = False
+    sut = world.loader(drain_timeout=20, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 3))
+    await world.publisher.wait_for_count(3)
+    sut.request_stop("SIGTERM received")
+    outcome = await run
+    assert outcome.status is Status.ERROR
+    terminal = world.events.timeouts[-1]
+    assert terminal is not None
+    assert terminal <= 20 + TERMINAL_EVENT_SECONDS

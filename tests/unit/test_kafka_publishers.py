@@ -1,0 +1,156 @@
+"""The Kafka publishers driven without a broker: a producer that answers as the test says."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+
+from adapters.clock import SystemClock
+from adapters.kafka import (
+    BatchProducer,
+    EventProducer,
+    KafkaConnection,
+    KafkaEventPublisher,
+    KafkaTradePublisher,
+    ProducerTuning,
+)
+from adapters.metrics import RunStats
+from domain.errors import BrokerUnavailableError, LoaderError
+from domain.messages import TelemetryEvent
+from domain.state import Status
+from support.factories import make_trades
+
+CONNECTION = KafkaConnection("broker.test:9092")
+TOPIC = "trades"
+
+
+class FakeProducer(BatchProducer, EventProducer):
+    """Hands out real record batches; each sent batch's future is settled by the test."""
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.partitions = partitions
+        self.sent: list[tuple[BatchBuilder, int, asyncio.Future[Any]]] = []
+        self.raise_on_send: BaseException | None = None
+        self.events_hang = False
+        self._sent = asyncio.Event()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(16 * 1024, 0)
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]:
+        if self.raise_on_send is not None:
+            raise self.raise_on_send
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((batch, partition, future))
+        self._sent.set()
+        return future
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes) -> Any:
+        if self.events_hang:
+            await asyncio.Event().wait()
+        return None
+
+    async def wait_sent(self, count: int) -> None:
+        while len(self.sent) < count:
+            self._sent.clear()
+            await self._sent.wait()
+
+    @staticmethod
+    def values(batch: BatchBuilder) -> list[bytes]:
+        return [bytes(record.value) for record in DefaultRecordBatch(bytes(batch._build()))]
+
+
+def publisher(producer: FakeProducer, **tuning: Any) -> KafkaTradePublisher:
+    return KafkaTradePublisher(
+        producer,
+        TOPIC,
+        CONNECTION,
+        ProducerTuning(linger_ms=0, **tuning),
+        RunStats(),
+        SystemClock(),
+    )
+
+
+def event(status: Status = Status.LOADING) -> TelemetryEvent:
+    return TelemetryEvent("q", "BTCUSDT", "ws_trade", status, "m", 0, status.terminal, "p", 1.0)
+
+
+async def test_an_acknowledged_batch_is_counted_and_flushes() -> None:
+    producer = FakeProducer()
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    for trade in make_trades(1, 3):
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(1)
+    producer.sent[0][2].set_result(None)
+    await sut.flush(1.0)
+    assert sut.acknowledged() == 3
+    assert len(FakeProducer.values(producer.sent[0][0])) == 3
+
+
+async def test_a_cancelled_send_is_a_failure_not_a_success() -> None:
+    producer = FakeProducer()
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    for trade in make_trades(1, 3):
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(1)
+    producer.sent[0][2].cancel()
+    with pytest.raises(BrokerUnavailableError, match=r"BTCUSDT trades 1\.\.3"):
+        await sut.flush(1.0)
+    assert sut.acknowledged() == 0
+
+
+async def test_a_refused_batch_names_the_trades_it_held() -> None:
+    producer = FakeProducer()
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    for trade in make_trades(7, 9):
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(1)
+    producer.sent[0][2].set_exception(RuntimeError("request timed out"))
+    with pytest.raises(LoaderError, match=r"BTCUSDT trades 7\.\.9"):
+        await sut.flush(1.0)
+
+
+async def test_an_unexpected_error_in_the_client_fails_the_publisher_at_once() -> None:
+    producer = FakeProducer()
+    producer.raise_on_send = AssertionError("a bug inside the Kafka client")
+    sut = publisher(producer, outage_timeout=3600.0)
+    await sut.start(["BTCUSDT"])
+    for trade in make_trades(1, 3):
+        await sut.publish(trade, 0.0)
+    with pytest.raises(LoaderError, match="a bug inside the Kafka client"):
+        await asyncio.wait_for(sut.flush(3600.0), 5.0)
+
+
+async def test_no_batch_is_sent_after_one_failed() -> None:
+    producer = FakeProducer(partitions=1)
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    await sut.publish(make_trades(1, 1)[0], 0.0)
+    await producer.wait_sent(1)
+    producer.sent[0][2].set_exception(RuntimeError("request timed out"))
+    await asyncio.sleep(0)
+    with pytest.raises(LoaderError):
+        await sut.publish(make_trades(2, 2)[0], 0.0)
+    assert len(producer.sent) == 1
+
+
+async def test_an_event_waits_no_longer_than_it_is_told() -> None:
+    producer = FakeProducer()
+    producer.events_hang = True
+    stats = RunStats()
+    stats.broker_reachable = True
+    sut = KafkaEventPublisher(producer, "events", CONNECTION, 120.0, stats)
+    with pytest.raises(BrokerUnavailableError, match=r"within 0\.05 s"):
+        await asyncio.wait_for(sut.publish(event(Status.INTERRUPTED), 0.05), 5.0)
