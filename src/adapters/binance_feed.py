@@ -401,10 +401,12 @@ class BinanceTradeFeed(TradeFeed):
                 if len(frame) > max_bytes:
                     self._note(OVERSIZED, frame)
                     continue
-                if len(buffer) >= limit:
-                    await self._wait_for_room(limit)
                 buffer.append((frame, clock()))
                 arrived.set()
+                # A full buffer pauses reading after the frame is kept: one taken and then
+                # dropped at a stop would be a received trade lost.
+                if len(buffer) >= limit:
+                    await self._wait_for_room(limit)
         except ConnectionLost as lost:
             link.reason = lost.reason
 
