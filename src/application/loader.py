@@ -109,6 +109,8 @@ class TradeLoader:
         self._streaming_since = 0.0
         self._broker_failed = False
         self._stopping_since = 0.0
+        self._ended_at_ms = float("inf")
+        """Wall-clock time (epoch ms) the run's ending was decided."""
         self._unprocessed = 0
         """Items of the feed's current batch the pump has not reached yet."""
         self._horizon = 0.0
@@ -371,6 +373,10 @@ class TradeLoader:
         while (last_id is None or next_id <= last_id) and recovered < budget:
             if self._over_limit():
                 break
+            if last_id is None and self._ending is not None:
+                # A stop ends reading the exchange: no catching up with trades that came after
+                # it. Gaps before trades already received are still closed (``last_id`` set).
+                break
             want = page_size if last_id is None else min(page_size, last_id - next_id + 1)
             try:
                 page = await self._history.trades_from(symbol, next_id, want)
@@ -392,6 +398,8 @@ class TradeLoader:
                     continue
                 if (last_id is not None and trade.trade_id > last_id) or self._over_limit():
                     break
+                if last_id is None and trade.timestamp > self._ended_at_ms:
+                    break  # made after the stop: reading the exchange had ended
                 if oldest is not None and trade.timestamp < oldest:
                     stale_from = trade.trade_id if stale_from is None else stale_from
                     next_id = trade.trade_id + 1
@@ -535,6 +543,7 @@ class TradeLoader:
         current = self._ending
         if current is None:
             self._stopping_since = self._clock.monotonic()
+            self._ended_at_ms = self._clock.time() * 1000
         if current is None or (lost and current.status is not Status.ERROR):
             self._ending = _Ending(status, message, exit_code)
             self._ended.set()

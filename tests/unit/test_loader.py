@@ -600,3 +600,53 @@ async def test_the_last_event_of_a_stop_waits_no_longer_than_the_drain_bound_all
     terminal = world.events.timeouts[-1]
     assert terminal is not None
     assert terminal <= 20 + TERMINAL_EVENT_SECONDS
+
+
+async def test_a_stop_during_a_catch_up_ends_reading_history_too(world: World) -> None:
+    now_ms = int(world.clock.time() * 1000)
+    world.exchange.record(*make_trades(1, 3000, timestamp=now_ms - 60_000))
+    world.exchange.hold = asyncio.Event()
+    sut = world.loader(backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 10))
+    world.feed.push_reconnected("dropped without a close frame")
+    await world.exchange.wait_for_requests(1)
+    sut.request_stop("SIGTERM received")
+    world.exchange.hold.set()
+    outcome = await run
+    assert outcome.status is Status.INTERRUPTED
+    assert world.published_ids == list(range(1, 61))
+    assert len(world.exchange.history_requests) == 1
+
+
+async def test_a_stop_still_closes_a_gap_up_to_the_last_trade_received(world: World) -> None:
+    world.exchange.record(*make_trades(1, 3000))
+    world.exchange.hold = asyncio.Event()
+    sut = world.loader(backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 10), *make_trades(200, 201))
+    await world.exchange.wait_for_requests(1)
+    sut.request_stop("SIGTERM received")
+    world.exchange.hold.set()
+    outcome = await run
+    assert outcome.status is Status.INTERRUPTED
+    assert world.published_ids == list(range(1, 202))
+
+
+async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world: World) -> None:
+    now_ms = int(world.clock.time() * 1000)
+    world.exchange.record(*make_trades(1, 10, timestamp=now_ms - 60_000))
+    world.exchange.record(*make_trades(11, 100, timestamp=now_ms + 5_000))
+    world.exchange.hold = asyncio.Event()
+    sut = world.loader(telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 5, timestamp=now_ms - 60_000))
+    world.feed.push_reconnected("dropped without a close frame")
+    await world.exchange.wait_for_requests(1)
+    sut.request_stop("SIGTERM received")
+    world.exchange.hold.set()
+    await run
+    assert world.published_ids == list(range(1, 11))
