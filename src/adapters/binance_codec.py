@@ -30,6 +30,9 @@ class FrameIssue:
 
 SERVER_SHUTDOWN: Final = FrameIssue("shutdown", "serverShutdown")
 _REPLY: Final = FrameIssue("ignored", "reply")
+_OTHER: Final = FrameIssue("ignored", "other")
+IGNORED_KINDS: Final = frozenset({_REPLY.reason, _OTHER.reason})
+"""The few kinds of ignored frames: a metric label must not take any event name it is sent."""
 
 
 def _reject(reason: str) -> FrameIssue:
@@ -58,12 +61,11 @@ OVERSIZED: Final = _REJECTIONS["oversized"]
 class FrameDecoder:
     """Turns one WebSocket frame into a ``Trade`` or says why it is not one."""
 
-    __slots__ = ("_ignored", "_max_bytes", "_symbols")
+    __slots__ = ("_max_bytes", "_symbols")
 
     def __init__(self, symbols: frozenset[str], max_bytes: int) -> None:
         self._symbols = symbols
         self._max_bytes = max_bytes
-        self._ignored: dict[str, FrameIssue] = {}
 
     def decode(self, frame: str | bytes) -> Trade | FrameIssue:
         if not isinstance(frame, str):
@@ -91,10 +93,7 @@ class FrameDecoder:
             return _REPLY
         if type(event) is not str or len(event) > 64:
             return _REJECTIONS["missing_field" if event is None else "bad_type"]
-        issue = self._ignored.get(event)
-        if issue is None:
-            issue = self._ignored[event] = FrameIssue("ignored", event)
-        return issue
+        return _OTHER
 
     def _trade(self, data: dict[str, Any]) -> Trade | FrameIssue:
         try:

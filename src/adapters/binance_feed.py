@@ -8,7 +8,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,6 +39,42 @@ class FeedTuning:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     close_timeout: float = 2.0
+
+
+RECONNECT_REASONS: Final = frozenset(
+    {
+        "dropped",
+        "closed_by_exchange",
+        "closed_with_error",
+        "closed_by_loader",
+        "network_error",
+        "connect_failed",
+        "rotation",
+        "server_shutdown",
+        "silent_stream",
+        "other",
+    }
+)
+"""The labels of the reconnect metric: few and fixed, whatever the errors' texts say."""
+
+_REASON_PREFIXES: Final = (
+    ("dropped without a close frame", "dropped"),
+    ("closed by the exchange", "closed_by_exchange"),
+    ("closed with error", "closed_with_error"),
+    ("closed by the loader", "closed_by_loader"),
+    ("network error", "network_error"),
+    ("server shutdown", "server_shutdown"),
+    ("silent stream", "silent_stream"),
+    ("rotation", "rotation"),
+)
+
+
+def reconnect_reason(detail: str) -> str:
+    """The metric label of a reconnection whose cause reads ``detail``."""
+    for prefix, label in _REASON_PREFIXES:
+        if detail.startswith(prefix):
+            return label
+    return "other"
 
 
 def stream_url(base_url: str, symbols: Sequence[str]) -> str:
@@ -299,7 +335,7 @@ class BinanceTradeFeed(TradeFeed):
             if lost:
                 current = None
                 self._stats.feed_connected = False
-                self._stats.reconnects[reason] += 1
+                self._stats.reconnects[reconnect_reason(reason)] += 1
                 healthy = link.frames > 0 or (
                     self._clock.monotonic() - link.opened_at >= self._tuning.stable_after
                 )
@@ -315,7 +351,7 @@ class BinanceTradeFeed(TradeFeed):
                     frames=link.frames,
                 )
             else:
-                self._stats.reconnects[reason] += 1
+                self._stats.reconnects[reconnect_reason(reason)] += 1
                 logger.info(
                     "Replacing exchange connection {n} ({reason})", n=link.number, reason=reason
                 )

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.binance_codec import SERVER_SHUTDOWN, FrameDecoder, FrameIssue, parse_history_trade
+from adapters.binance_codec import (
+    IGNORED_KINDS,
+    SERVER_SHUTDOWN,
+    FrameDecoder,
+    FrameIssue,
+    parse_history_trade,
+)
 from domain.trade import Trade
 from support.recorded import CURRENT, LEGACY, frames
 
@@ -102,7 +108,17 @@ def test_non_trade_messages_are_ignored_on_purpose() -> None:
     assert (reply.kind, reply.reason) == ("ignored", "reply")
     ticker = sut.decode('{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","s":"BTCUSDT"}}')
     assert isinstance(ticker, FrameIssue)
-    assert (ticker.kind, ticker.reason) == ("ignored", "24hrTicker")
+    assert (ticker.kind, ticker.reason) == ("ignored", "other")
+
+
+def test_the_kinds_of_ignored_frames_are_few_whatever_the_event_names() -> None:
+    kinds = set()
+    for number in range(500):
+        issue = sut.decode(f'{{"e":"event{number}","E":1,"s":"BTCUSDT"}}')
+        assert isinstance(issue, FrameIssue)
+        kinds.add(issue.reason)
+    assert kinds == {"other"}
+    assert {"reply", "other"} == IGNORED_KINDS
 
 
 def test_meme_coin_magnitudes_are_exact() -> None:

@@ -7,10 +7,17 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from adapters.binance_feed import BinanceTradeFeed, ConnectionLost, FeedTuning, StreamConnection
+from adapters.binance_feed import (
+    RECONNECT_REASONS,
+    BinanceTradeFeed,
+    ConnectionLost,
+    FeedTuning,
+    StreamConnection,
+)
 from adapters.clock import SystemClock
 from adapters.metrics import RunStats
 from application.ports import Received
+from domain.backoff import Backoff
 
 
 def frame(trade_id: int, symbol: str = "BTCUSDT") -> str:
@@ -79,3 +86,56 @@ async def test_a_frame_taken_while_the_buffer_is_full_is_not_lost_at_close() -> 
     assert stats.buffer_pauses == 1
     await sut.close()
     assert await drain(sut) == list(range(1, connection.handed + 1))
+
+
+class DroppingConnection(StreamConnection):
+    """Gives one frame, then ends the way the test says."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        yield frame(1)
+        raise ConnectionLost(self._reason)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_reconnect_reasons_are_a_few_labels_whatever_the_error_text() -> None:
+    details = [
+        "network error: [Errno 104] Connection reset by peer",
+        "network error: [Errno 110] Connection timed out 10.0.3.7:443",
+        "closed by the exchange (1001)",
+        "closed with error (1011)",
+        "dropped without a close frame",
+    ]
+    connections: list[StreamConnection] = [DroppingConnection(d) for d in details]
+    last = ScriptedConnection([])
+    reached_last = asyncio.Event()
+
+    async def connect(url: str) -> StreamConnection:
+        if connections:
+            return connections.pop(0)
+        reached_last.set()
+        return last
+
+    stats = RunStats()
+    sut = BinanceTradeFeed(
+        "wss://stream.test/ws",
+        ["BTCUSDT"],
+        FeedTuning(backoff=Backoff(initial=0.001, cap=0.001)),
+        stats,
+        SystemClock(),
+        connect=connect,
+    )
+    await sut.open()
+    await reached_last.wait()
+    await sut.close()
+    assert dict(stats.reconnects) == {
+        "network_error": 2,
+        "closed_by_exchange": 1,
+        "closed_with_error": 1,
+        "dropped": 1,
+    }
+    assert set(stats.reconnects) <= RECONNECT_REASONS
