@@ -111,6 +111,9 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
         self._transport = transport or AiohttpTransport(tuning.request_timeout)
         self._used_weight = 0
         self._weight_minute = 0
+        self._blocked_until = 0.0
+        """No request before this (monotonic seconds): a 429's or 418's Retry-After runs."""
+        self._one_at_a_time = asyncio.Lock()
 
     async def close(self) -> None:
         await self._transport.close()
@@ -176,9 +179,12 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
         started = self._clock.monotonic()
         delay = 0.5
         while True:
-            await self._respect_budget(weight)
             try:
-                reply = await self._get(path, params)
+                # One request at a time: what an answer says of the limits (a 429, the weight
+                # used) holds before the next one goes out.
+                async with self._one_at_a_time:
+                    await self._respect_budget(weight)
+                    reply = await self._get(path, params)
             except RestUnreachable as error:
                 waited = self._clock.monotonic() - started
                 if waited >= self._tuning.unavailable_timeout:
@@ -188,28 +194,34 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
                 logger.warning(
                     "Exchange REST {path} failed ({error}); retrying", path=path, error=str(error)
                 )
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             if reply.status in (418, 429) or reply.status >= 500:
                 wait = reply.retry_after if reply.retry_after is not None else delay
                 delay = min(delay * 2, 30.0)
+                if reply.status in (418, 429):
+                    # A rate limit holds for every request of this client, not only this one:
+                    # one more before Retry-After has passed earns a ban.
+                    self._blocked_until = max(self._blocked_until, self._clock.monotonic() + wait)
                 spent = self._clock.monotonic() - started
                 if spent + wait > self._tuning.max_retry_wait:
                     raise ExchangeUnavailableError(
                         f"exchange REST {path} kept answering HTTP {reply.status} for {spent:.0f} s"
                     )
                 logger.warning(
-                    "Exchange REST {path} answered HTTP {status}: waiting {wait:g} s as told",
+                    "Exchange REST {path} answered HTTP {status}: waiting {wait:g} s",
                     path=path,
                     status=reply.status,
                     wait=wait,
                 )
-                await asyncio.sleep(wait)
+                await self._clock.sleep(wait)
                 continue
             return reply
 
     async def _respect_budget(self, weight: int) -> None:
+        while (blocked := self._blocked_until - self._clock.monotonic()) > 0:
+            await self._clock.sleep(blocked)
         minute = int(self._clock.time() // 60)
         if minute != self._weight_minute:
             self._weight_minute = minute
@@ -222,7 +234,7 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
                 budget=self._tuning.weight_budget,
                 wait=wait,
             )
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
             self._weight_minute = int(self._clock.time() // 60)
             self._used_weight = 0
         self._used_weight += weight
