@@ -33,6 +33,9 @@ from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
 from domain.trade import Trade
 
+HISTORY_PATIENCE = 6.0
+"""How long a gap before a received trade waits for history to reach it (which lags the
+stream) before it is reported as unrecoverable."""
 TERMINAL_EVENT_SECONDS = 3.0
 """What the last event may take beyond the drain bound: a stop then ends within both."""
 
@@ -370,6 +373,7 @@ class TradeLoader:
         next_id = first_id
         recovered = 0
         stale_from: int | None = None
+        patience, pause = HISTORY_PATIENCE, 0.1
         while (last_id is None or next_id <= last_id) and recovered < budget:
             if self._over_limit():
                 break
@@ -415,6 +419,13 @@ class TradeLoader:
                 recovered += 1
                 next_id = trade.trade_id + 1
             if len(page) < want or next_id == start:
+                if last_id is not None and next_id <= last_id and patience > 0:
+                    # Trades after these were received, so these exist: history lags the
+                    # stream. Ask again a little later rather than give them up.
+                    await self._clock.sleep(min(pause, patience))
+                    patience -= pause
+                    pause *= 2
+                    continue
                 break
         if stale_from is not None:
             await self._too_old(Gap(symbol, stale_from, next_id - 1))

@@ -87,6 +87,19 @@ async def wait_until_streaming(world: World) -> None:
     assert world.feed.opened
 
 
+async def run_clock_until_done(
+    world: World, run: asyncio.Task[Outcome], step: float = 0.05, limit: float = 60.0
+) -> Outcome:
+    """Move the clock on in small steps until the run ends (at most ``limit`` seconds)."""
+    elapsed = 0.0
+    while not run.done() and elapsed < limit:
+        await world.clock.advance(step)
+        elapsed += step
+        await asyncio.sleep(0)  # the clock yields only when it wakes a sleeper
+    assert run.done(), f"the run still goes on after {limit:g} s of its clock"
+    return await run
+
+
 def assert_contract_sequence(world: World, outcome: Outcome) -> None:
     statuses = world.events.statuses
     assert statuses[0] == "started"
@@ -650,3 +663,33 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
     world.exchange.hold.set()
     await run
     assert world.published_ids == list(range(1, 11))
+
+
+async def test_a_gap_is_filled_when_history_catches_up_with_the_stream(world: World) -> None:
+    trades = make_trades(1, 12)
+    world.exchange.record(*trades[:3])
+    sut = world.loader(stop_after_records=12, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*trades[:3], *trades[9:])
+    await world.exchange.wait_for_requests(1)
+    # History lags the stream: the missing trades show up there a moment later.
+    world.exchange.record(*trades[3:])
+    outcome = await run_clock_until_done(world, run)
+    assert world.published_ids == list(range(1, 13))
+    assert outcome.status is Status.FINISHED
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 0
+
+
+async def test_a_gap_history_never_reaches_is_reported_after_a_bounded_wait(world: World) -> None:
+    world.exchange.record(*make_trades(1, 3))
+    sut = world.loader(stop_after_records=6, telemetry_interval=1000, silence_timeout=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
+    outcome = await run_clock_until_done(world, run)
+    assert world.published_ids == [1, 2, 3, 10, 11, 12]
+    assert outcome.status is Status.FINISHED
+    messages = [e.message for e in world.events.events]
+    lost = "4..9 (6) could not be recovered: history does not reach them"
+    assert any(lost in m for m in messages)
