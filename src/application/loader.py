@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -13,8 +13,10 @@ from application.ports import (
     Clock,
     ControlChannel,
     EventPublisher,
+    FeedItem,
     HistoryError,
     LoaderMetrics,
+    Received,
     Reconnected,
     SymbolDirectory,
     TopicTail,
@@ -286,13 +288,13 @@ class TradeLoader:
             if not batch:
                 return
             self._unprocessed = len(batch)
-            for item in batch:
+            for index, item in enumerate(batch):
                 self._unprocessed -= 1
                 if isinstance(item, Reconnected):
                     await self._catch_up(item.reason)
                 else:
                     self._horizon = item.received_at
-                    await self._take(item.trade, item.received_at)
+                    await self._take(item.trade, item.received_at, batch, index)
                 if self._over_limit():
                     self._end(
                         Status.FINISHED,
@@ -301,18 +303,46 @@ class TradeLoader:
                     )
                     return
 
-    async def _take(self, trade: Trade, received_at: float) -> None:
+    async def _take(
+        self, trade: Trade, received_at: float, batch: Sequence[FeedItem], index: int
+    ) -> None:
         verdict = self._sequencer.classify(trade.symbol, trade.trade_id)
         if verdict is Verdict.DUPLICATE:
             self._metrics.duplicate(trade.symbol)
             return
         if verdict is Verdict.GAP:
-            gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
+            gap = await self._from_batch(trade, batch, index)
             if gap is not None:
                 await self._fill(gap, trade.timestamp)
             if self._over_limit():
                 return
         await self._hand(trade, received_at)
+
+    async def _from_batch(self, trade: Trade, batch: Sequence[FeedItem], index: int) -> Gap | None:
+        """Hand the missing trades found further on in the batch; what is still missing.
+
+        While one connection replaces another their frames interleave, so a trade can
+        arrive just after a later one. It is taken from the batch rather than from history
+        (which may refuse, or lag).
+        """
+        gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
+        if gap is None:
+            return None
+        ahead: dict[int, Received] = {}
+        for item in batch[index + 1 :]:
+            if (
+                isinstance(item, Received)
+                and item.trade.symbol == gap.symbol
+                and gap.first_id <= item.trade.trade_id <= gap.last_id
+            ):
+                ahead.setdefault(item.trade.trade_id, item)
+        next_id = gap.first_id
+        while next_id in ahead and not self._over_limit():
+            await self._hand(ahead[next_id].trade, ahead[next_id].received_at)
+            next_id += 1
+        if next_id > gap.last_id:
+            return None
+        return Gap(gap.symbol, next_id, gap.last_id)
 
     async def _hand(self, trade: Trade, received_at: float) -> None:
         self._sequencer.accept(trade.symbol, trade.trade_id)

@@ -693,3 +693,18 @@ async def test_a_gap_history_never_reaches_is_reported_after_a_bounded_wait(worl
     messages = [e.message for e in world.events.events]
     lost = "4..9 (6) could not be recovered: history does not reach them"
     assert any(lost in m for m in messages)
+
+
+async def test_a_trade_arriving_just_after_a_later_one_is_taken_from_the_batch_not_history(
+    world: World,
+) -> None:
+    world.exchange.refuse_history = "historicalTrades answered HTTP 429"
+    trades = make_trades(1, 6)
+    sut = world.loader(stop_after_records=6)
+    # Two connections overlap while one replaces the other: their frames interleave.
+    world.feed.push(*trades[:3], trades[4], trades[3], trades[5])
+    outcome = await sut.run()
+    assert outcome.status is Status.FINISHED
+    assert world.published_ids == [1, 2, 3, 4, 5, 6]
+    assert world.exchange.history_requests == []
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 0
