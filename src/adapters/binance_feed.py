@@ -218,6 +218,8 @@ class BinanceTradeFeed(TradeFeed):
         # Insertion-ordered, so that connections are always shut in the order they opened.
         self._links: dict[_Link, None] = {}
         self._connections = 0
+        self._marked = False
+        """Whether a reconnection mark waits in the buffer."""
         self._attempt = 0
         self._pauses = 0
         self._room = asyncio.Event()
@@ -271,6 +273,7 @@ class BinanceTradeFeed(TradeFeed):
         for _ in range(min(len(buffer), self._tuning.batch_size)):
             entry = buffer.popleft()
             if type(entry) is Reconnected:
+                self._marked = False
                 items.append(entry)
                 continue
             frame, arrived = entry  # type: ignore[misc]
@@ -324,10 +327,13 @@ class BinanceTradeFeed(TradeFeed):
             if previous is not None:
                 # A planned replacement: the new connection is open, the old one can go.
                 asyncio.create_task(self._shut(previous))  # noqa: RUF006 - tracked in _links
-            if self._connections > 1:
+            if self._connections > 1 and not self._marked:
                 # The old connection may have missed trades (it went silent, or closed before
                 # the new one opened): the use case checks history; overlaps are dropped by id.
+                # One mark waiting in the buffer covers later reconnections too (the catch-up
+                # it starts reaches the newest trade), so marks cannot grow the buffer.
                 self._buffer.append(Reconnected(reason))
+                self._marked = True
                 self._arrived.set()
             link.reader = asyncio.create_task(self._read(link), name=f"feed-reader-{link.number}")
             self._stats.feed_connected = True
@@ -432,6 +438,9 @@ class BinanceTradeFeed(TradeFeed):
         max_bytes = self._tuning.max_frame_bytes
         clock = self._clock.monotonic
         try:
+            if len(buffer) >= limit:
+                # A new connection's reader must not add to a buffer that is full already.
+                await self._wait_for_room(limit)
             async for frame in link.ws:
                 link.frames += 1
                 if len(frame) > max_bytes:

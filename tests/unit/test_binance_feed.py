@@ -139,3 +139,50 @@ async def test_reconnect_reasons_are_a_few_labels_whatever_the_error_text() -> N
         "dropped": 1,
     }
     assert set(stats.reconnects) <= RECONNECT_REASONS
+
+
+class EndlessConnection(StreamConnection):
+    """Gives a new trade frame whenever asked, until closed."""
+
+    def __init__(self, first_id: int) -> None:
+        self._next = first_id
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        while not self._closed:
+            self._next += 1
+            yield frame(self._next)
+        raise ConnectionLost("closed by the loader (1000)")
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+async def test_connections_replaced_while_nobody_reads_do_not_grow_the_buffer() -> None:
+    opened: list[EndlessConnection] = []
+    connected = asyncio.Event()
+
+    async def connect(url: str) -> StreamConnection:
+        opened.append(EndlessConnection(1000 * len(opened)))
+        connected.set()
+        return opened[-1]
+
+    stats = RunStats()
+    sut = BinanceTradeFeed(
+        "wss://stream.test/ws",
+        ["BTCUSDT"],
+        FeedTuning(buffer_frames=4),
+        stats,
+        SystemClock(),
+        connect=connect,
+    )
+    await sut.open()
+    for replacement in range(1, 8):
+        while len(opened) < replacement:
+            connected.clear()
+            await connected.wait()
+        for _ in range(200):  # let the new reader run until it pauses; only the loop turns
+            await asyncio.sleep(0)
+        sut.reconnect("silent stream")
+    assert sut.backlog() <= 4 + 1
+    await sut.close()
