@@ -133,11 +133,13 @@ class TradeLoader:
     async def run(self) -> Outcome:
         """Run until a bound, a stop or a failure; exactly one terminal event is sent."""
         symbols = ", ".join(self._config.symbols)
-        await self._announce(self._state.start(f"Loader started for {symbols}"))
         # Commands are read from the start: a stop already in the topic ends the run before
         # anything streams.
         control = asyncio.create_task(self._watch(self._listen_control), name="control")
         try:
+            # Sent first whatever happens; a stop meanwhile need not wait for the answer.
+            started = self._state.start(f"Loader started for {symbols}")
+            await self._unless_ended(self._announce(started))
             if self._ending is None:
                 await self._unless_ended(self._prepare())
             if self._ending is not None:
@@ -194,6 +196,7 @@ class TradeLoader:
                     age=age,
                 )
             else:
+                self._sequencer.published_up_to(last.symbol, last.trade_id)
                 logger.info(
                     "Last {symbol} trade in the topic ({trade_id}) is {age:.0f} s old, beyond the "
                     "resume window: starting from live trades",
@@ -528,7 +531,7 @@ class TradeLoader:
                     continue
                 # Looked at now; a quiet market is looked at again only after another timeout.
                 self._last_seen[symbol] = now
-                if await self._missed_trades(symbol, now, timeout / 2):
+                if await self._missed_trades(symbol, timeout / 2):
                     logger.warning(
                         "No {symbol} trade received for {timeout:g} s while the exchange shows "
                         "newer ones: reconnecting",
@@ -543,17 +546,18 @@ class TradeLoader:
         waiting = self._unprocessed or self._feed.backlog()
         return bool(waiting) and self._horizon < moment
 
-    async def _missed_trades(self, symbol: str, asked_at: float, patience: float) -> bool:
+    async def _missed_trades(self, symbol: str, patience: float) -> bool:
         """Whether the exchange executed trades of ``symbol`` that the stream did not bring."""
         try:
             newest = await self._history.latest_trade_id(symbol)
         except HistoryError as error:
             logger.warning("Could not check {symbol} for silence: {e}", symbol=symbol, e=error)
             return False
-        # What was received before the question may still wait its turn: judge once the pump
+        # What was received before the answer may still wait its turn: judge once the pump
         # has reached it, or not at all.
-        deadline = self._clock.monotonic() + patience
-        while self._behind(asked_at):
+        answered = self._clock.monotonic()
+        deadline = answered + patience
+        while self._behind(answered):
             if self._clock.monotonic() >= deadline:
                 return False
             await self._clock.sleep(0.05)
@@ -567,12 +571,13 @@ class TradeLoader:
 
     # Ending.
 
-    def _fail(self, error: LoaderError) -> None:
+    def _fail(self, error: LoaderError, *, lost: bool | None = None) -> None:
         if isinstance(error, BrokerUnavailableError):
             self._broker_failed = True
         exit_code = 2 if isinstance(error, PermanentFailure) else 1
-        # An exchange that went away loses nothing received; any other failure may have.
-        lost = not isinstance(error, ExchangeUnavailableError)
+        if lost is None:
+            # An exchange that went away loses nothing received; any other failure may have.
+            lost = not isinstance(error, ExchangeUnavailableError)
         self._end(Status.ERROR, str(error), exit_code, lost=lost)
 
     def _end(self, status: Status, message: str, exit_code: int, *, lost: bool = False) -> None:
@@ -622,11 +627,7 @@ class TradeLoader:
             )
         else:
             change = self._state.fail(ending.message + self._not_written())
-        # The stop as a whole (draining, flushing, this event) fits the pod's grace period.
-        spent = self._clock.monotonic() - self._stopping_since
-        await self._announce(
-            change, max(self._config.drain_timeout - spent, 0.0) + TERMINAL_EVENT_SECONDS
-        )
+        await self._announce(change)
         logger.info(
             "Run ended: {status} ({message}), {count} trade records written",
             status=change.status.value,
@@ -651,7 +652,14 @@ class TradeLoader:
         if delta > 0:
             self._state.record_written(delta)
 
-    async def _announce(self, change: StateChange, timeout: float | None = None) -> None:
+    def _stop_budget(self) -> float:
+        """What an event may wait once the run is ending: the stop as a whole (draining,
+        flushing, the last events) fits the pod's grace period."""
+        spent = self._clock.monotonic() - self._stopping_since
+        return max(self._config.drain_timeout - spent, 0.0) + TERMINAL_EVENT_SECONDS
+
+    async def _announce(self, change: StateChange) -> None:
+        timeout = None if self._ending is None else self._stop_budget()
         self._metrics.state(change.status)
         event = TelemetryEvent(
             queue_id=self._config.queue_id,
@@ -673,4 +681,5 @@ class TradeLoader:
                 error=str(error),
             )
             if not change.status.terminal:
-                self._fail(error)
+                # Telemetry that cannot be sent ends the run, but loses no trade.
+                self._fail(error, lost=False)

@@ -37,10 +37,11 @@ class Verdict(Enum):
 class TradeSequencer:
     """Per-symbol last accepted trade id; trade ids of a symbol rise by exactly one per trade."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_floor", "_last")
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
+        self._floor: dict[str, int] = {}
 
     def last(self, symbol: str) -> int | None:
         return self._last.get(symbol)
@@ -49,10 +50,18 @@ class TradeSequencer:
         """Start from a trade id already published (found in the topic by an earlier run)."""
         self._last[symbol] = last_id
 
+    def published_up_to(self, symbol: str, last_id: int) -> None:
+        """Trades up to ``last_id`` are in the topic already, too long ago to continue from.
+
+        The sequence starts afresh with the first live trade, but none of those comes again.
+        """
+        self._floor[symbol] = last_id
+
     def classify(self, symbol: str, trade_id: int) -> Verdict:
         last = self._last.get(symbol)
         if last is None:
-            return Verdict.FIRST
+            floor = self._floor.get(symbol)
+            return Verdict.FIRST if floor is None or trade_id > floor else Verdict.DUPLICATE
         if trade_id == last + 1:
             return Verdict.NEXT
         if trade_id <= last:

@@ -708,3 +708,34 @@ async def test_a_trade_arriving_just_after_a_later_one_is_taken_from_the_batch_n
     assert world.published_ids == [1, 2, 3, 4, 5, 6]
     assert world.exchange.history_requests == []
     assert world.stats.unrecoverable_trades["BTCUSDT"] == 0
+
+
+async def test_a_signal_before_the_start_bounds_every_event_by_the_drain_bound(
+    world: World,
+) -> None:
+    sut = world.loader(drain_timeout=5)
+    sut.request_stop("SIGTERM received")
+    outcome = await sut.run()
+    assert outcome.status is Status.INTERRUPTED
+    assert world.events.statuses == ["started", "interrupted"]
+    assert all(t is not None and t <= 5 + TERMINAL_EVENT_SECONDS for t in world.events.timeouts)
+
+
+async def test_telemetry_that_cannot_be_sent_during_a_stop_loses_no_trade(world: World) -> None:
+    world.events.failure = BrokerUnavailableError("Kafka did not acknowledge a telemetry event")
+    sut = world.loader()
+    sut.request_stop("SIGTERM received")
+    outcome = await sut.run()
+    assert outcome.status is Status.INTERRUPTED
+    assert outcome.exit_code == 0
+
+
+async def test_a_tail_too_old_to_resume_from_is_still_never_published_again(
+    world: World,
+) -> None:
+    now_ms = int(world.clock.time() * 1000)
+    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
+    sut = world.loader(stop_after_records=2, resume_window=3600)
+    world.feed.push(make_trade(20), make_trade(31), make_trade(32))
+    await sut.run()
+    assert world.published_ids == [31, 32]

@@ -68,3 +68,14 @@ def test_any_arrival_order_yields_each_id_once_ascending_with_gaps_accounted(
         sut.accept("X", trade_id)
         out.append(trade_id)
     assert out == list(range(ids[0], max(ids) + 1))
+
+
+def test_a_topic_tail_too_old_to_resume_from_still_keeps_its_trades_from_coming_again() -> None:
+    sut = TradeSequencer()
+    sut.published_up_to("X", 100)
+    assert sut.classify("X", 100) is Verdict.DUPLICATE
+    assert sut.classify("X", 57) is Verdict.DUPLICATE
+    assert sut.classify("X", 500) is Verdict.FIRST
+    assert sut.last("X") is None
+    sut.accept("X", 500)
+    assert sut.classify("X", 501) is Verdict.NEXT
