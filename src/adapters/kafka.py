@@ -578,11 +578,13 @@ async def newest_trades(
     everyone = set(symbols)
     home = {symbol: partition_for(symbol, ordered) for symbol in symbols}
     found: dict[str, LastPublished] = {}
+    at_home: set[str] = set()
     for partition in ordered:
         wanted = {symbol for symbol, p in home.items() if p == partition}
         if wanted:
-            await _scan_back(log, partition, wanted, everyone, found, max_scan)
-    missing = everyone - set(found)
+            at_home |= wanted & await _scan_back(log, partition, wanted, everyone, found, max_scan)
+    # Seen only elsewhere (where another symbol lives, say) is not the newest: look everywhere.
+    missing = everyone - at_home
     if missing:
         for partition in ordered:
             await _scan_back(log, partition, set(missing), everyone, found, max_scan)
@@ -596,11 +598,11 @@ async def _scan_back(
     everyone: set[str],
     found: dict[str, LastPublished],
     max_scan: int,
-) -> None:
+) -> set[str]:
     """Read ``partition`` backwards, in doubling spans, until every ``wanted`` symbol is seen.
 
     The newest trade of any of ``everyone`` seen on the way is kept in ``found`` when it is
-    newer than what is there.
+    newer than what is there. Returns the symbols seen.
     """
     begin, end = await log.offsets(partition)
     seen: set[str] = set()
@@ -615,6 +617,7 @@ async def _scan_back(
                 found[symbol] = last
         stop = start
         span *= 2
+    return seen
 
 
 def _newest_in(values: list[bytes | None], wanted: set[str]) -> dict[str, LastPublished]:

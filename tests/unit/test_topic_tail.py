@@ -92,3 +92,19 @@ async def test_the_scan_reads_only_the_partitions_the_symbols_map_to() -> None:
 async def test_an_empty_or_missing_topic_has_no_tail() -> None:
     assert await newest_trades(ListLog(0), ["BTCUSDT"]) == []
     assert await newest_trades(ListLog(2), ["BTCUSDT"]) == []
+
+
+async def test_a_symbol_seen_where_another_one_lives_is_still_looked_for_everywhere() -> None:
+    # The topic grew twice: ETHUSDT's trades went to partition a, then b, and its key now
+    # maps to a third one, still empty. BTCUSDT lives in a, where ETHUSDT's old trades are.
+    count = 6
+    ordered = list(range(count))
+    home_eth, a = partition_for("ETHUSDT", ordered), partition_for("BTCUSDT", ordered)
+    assert home_eth != a
+    b = next(p for p in ordered if p not in (home_eth, a))
+    sut = ListLog(count)
+    sut.write(a, 1, 100, "ETHUSDT")
+    sut.write(a, 500, 600, "BTCUSDT")
+    sut.write(b, 101, 150, "ETHUSDT")
+    found = ids(await newest_trades(sut, ["BTCUSDT", "ETHUSDT"]))
+    assert found == {"BTCUSDT": 600, "ETHUSDT": 150}
