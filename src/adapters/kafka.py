@@ -476,12 +476,14 @@ class KafkaTradePublisher(TradePublisher):
     def _refused(self, batch: _OpenBatch, error: LoaderError) -> None:
         lost = batch.trades
         self._unwritten.append(lost)
-        self._fail(
-            type(error)(
-                f"{error}; {lost.symbol} trades {lost.first_id}..{lost.last_id} "
-                f"({len(batch.received)}) were not written"
-            )
+        failure = type(error)(
+            f"{error}; {lost.symbol} trades {lost.first_id}..{lost.last_id} "
+            f"({len(batch.received)}) were not written"
         )
+        if self._failure is not None:
+            # The run is failing already; each batch lost is still told, by its trades.
+            logger.error("Kafka refused trades: {error}", error=str(failure))
+        self._fail(failure)
 
     def _fail(self, error: LoaderError) -> None:
         if self._failure is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
+from loguru import logger
 
 from adapters.clock import SystemClock
 from adapters.kafka import (
@@ -25,6 +27,17 @@ from domain.state import Status
 from support.factories import make_trades
 
 CONNECTION = KafkaConnection("broker.test:9092")
+
+
+@pytest.fixture
+def caplog_loguru() -> Iterator[list[str]]:
+    """The messages the code under test logs, as loguru writes them."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
+
+
 TOPIC = "trades"
 
 
@@ -154,3 +167,20 @@ async def test_an_event_waits_no_longer_than_it_is_told() -> None:
     sut = KafkaEventPublisher(producer, "events", CONNECTION, 120.0, stats)
     with pytest.raises(BrokerUnavailableError, match=r"within 0\.05 s"):
         await asyncio.wait_for(sut.publish(event(Status.INTERRUPTED), 0.05), 5.0)
+
+
+async def test_every_batch_lost_is_told_by_its_trades_even_after_the_first(
+    caplog_loguru: list[str],
+) -> None:
+    producer = FakeProducer()
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    await sut.publish(make_trades(1, 1)[0], 0.0)
+    await producer.wait_sent(1)
+    await sut.publish(make_trades(2, 2)[0], 0.0)
+    await producer.wait_sent(2)
+    producer.sent[0][2].set_exception(RuntimeError("request timed out"))
+    producer.sent[1][2].cancel()
+    await asyncio.sleep(0)
+    assert [(g.first_id, g.last_id) for g in sut.unwritten()] == [(1, 1), (2, 2)]
+    assert any("BTCUSDT trades 2..2 (1) were not written" in line for line in caplog_loguru)
