@@ -46,6 +46,15 @@ def _format_exception(exception: Any) -> list[str]:
     return traceback.format_exception(exception.type, exception.value, exception.traceback)
 
 
+_DEMOTED: dict[tuple[str, str], str] = {
+    # Said while the broker auto-creates the trade topic on a first run: a healthy run must not
+    # page an operator who alerts on ERROR. A topic that stays missing is reported by the
+    # loader itself.
+    ("aiokafka.cluster", "Topic %s not found in cluster metadata"): "WARNING",
+}
+"""Library records logged at a lower level than the library chose, by logger and message."""
+
+
 class _ToLoguru(logging.Handler):
     """Routes the libraries' standard logging (aiokafka, websockets, aiohttp) to loguru.
 
@@ -73,8 +82,9 @@ class _ToLoguru(logging.Handler):
         self._seen[key] = (now, 0)
         if held:
             text = f"{text} (and {held} more like it in the last {now - last:.0f} s)"
+        level: str | int = _DEMOTED.get((record.name, str(record.msg)), record.levelname)
         try:
-            level: str | int = logger.level(record.levelname).name
+            level = logger.level(str(level)).name
         except ValueError:
             level = record.levelno
         logger.opt(exception=record.exc_info, depth=6).bind(library=record.name).log(level, text)
