@@ -219,6 +219,9 @@ async def start_producer(
         )
         try:
             await asyncio.wait_for(producer.start(), max(1.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            await _stop_quietly(producer)  # a stop during start-up
+            raise
         except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
             await _stop_quietly(producer)
             failure = await diagnose(connection) or classify_kafka_error(error, connection)

@@ -218,11 +218,17 @@ class InMemoryEventPublisher(EventPublisher):
     def __init__(self) -> None:
         self.events: list[TelemetryEvent] = []
         self.timeouts: list[float | None] = []
+        """The bound each send was given, in order."""
         self.failure: LoaderError | None = None
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, each send waits for it (a broker slow to answer)."""
         self._signal = _Signal()
 
     async def publish(self, event: TelemetryEvent, timeout: float | None = None) -> None:
         self.timeouts.append(timeout)
+        await self._signal.notify()
+        if self.hold is not None:
+            await self.hold.wait()
         if self.failure is not None:
             raise self.failure
         self.events.append(event)
@@ -230,6 +236,9 @@ class InMemoryEventPublisher(EventPublisher):
 
     async def wait_for_count(self, count: int) -> None:
         await self._signal.wait_until(lambda: len(self.events) >= count)
+
+    async def wait_for_attempts(self, count: int) -> None:
+        await self._signal.wait_until(lambda: len(self.timeouts) >= count)
 
     @property
     def statuses(self) -> list[str]:

@@ -137,9 +137,9 @@ class TradeLoader:
         # anything streams.
         control = asyncio.create_task(self._watch(self._listen_control), name="control")
         try:
-            # Sent first whatever happens; a stop meanwhile need not wait for the answer.
+            # Sent first whatever happens; after a stop it waits only what the stop allows.
             started = self._state.start(f"Loader started for {symbols}")
-            await self._unless_ended(self._announce(started))
+            await self._unless_ended(self._announce(started), grace=self._stop_budget)
             if self._ending is None:
                 await self._unless_ended(self._prepare())
             if self._ending is not None:
@@ -150,14 +150,19 @@ class TradeLoader:
             control.cancel()
             await asyncio.gather(control, return_exceptions=True)
 
-    async def _unless_ended(self, job: Awaitable[None]) -> None:
-        """Do ``job`` unless the run ends first (a stop, a signal): then it is abandoned."""
+    async def _unless_ended(
+        self, job: Awaitable[None], grace: Callable[[], float] | None = None
+    ) -> None:
+        """Do ``job`` unless the run ends first (a stop, a signal): then it is abandoned, at
+        once or after ``grace()`` seconds more."""
         task = asyncio.ensure_future(job)
         ended = asyncio.create_task(self._ended.wait())
         try:
             await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
+        if not task.done() and grace is not None:
+            await self._within(task, grace())
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -1,5 +1,5 @@
 """``python -m entrypoints``: the same as the ``loader-ws-trades`` command."""
 
-from entrypoints.cli import main
+from entrypoints.launch import main
 
 raise SystemExit(main())

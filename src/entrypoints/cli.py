@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import uvloop
@@ -20,6 +21,7 @@ from domain.errors import LoaderError, PermanentFailure
 from domain.messages import ControlCommand, TelemetryEvent
 from domain.state import Status
 from entrypoints.container import Container
+from entrypoints.launch import EarlySignals
 from entrypoints.logs import configure_logging
 from entrypoints.settings import (
     KafkaSettings,
@@ -28,6 +30,8 @@ from entrypoints.settings import (
     load_settings,
     variables_help,
 )
+
+HANDLED_SIGNALS = EarlySignals.HANDLED
 
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
@@ -75,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in (None, "run"):
-        return run_job()
+        return run_job(early)
+    if early is not None:
+        early.uninstall()  # Ctrl-C ends the operator's commands at once
     try:
         settings = load_settings(KafkaSettings)
     except SettingsError as error:
@@ -140,7 +146,7 @@ def render_event(event: TelemetryEvent) -> str:
     )
 
 
-def run_job() -> int:
+def run_job(early: EarlySignals | None = None) -> int:
     """The Job: validate settings, run once, exit with the contract's code."""
     try:
         settings = load_settings()
@@ -156,38 +162,94 @@ def run_job() -> int:
             "producer": settings.telemetry_producer_id,
         },
     )
-    return uvloop.run(_run(settings))
+    return uvloop.run(_run(settings, early))
 
 
-async def _run(settings: Settings) -> int:
+class _StopRequest:
+    """A SIGTERM or SIGINT, whenever it comes: kept until the loader exists, then passed on."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.requested = asyncio.Event()
+        self._target: Callable[[str], None] | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.requested.set()
+        if self._target is not None:
+            self._target(reason)
+
+    def pass_to(self, target: Callable[[str], None]) -> None:
+        self._target = target
+        if self.reason is not None:
+            target(self.reason)
+
+
+async def _run(settings: Settings, early: EarlySignals | None) -> int:
+    stop = _StopRequest()
+    loop = asyncio.get_running_loop()
+    for signum in HANDLED_SIGNALS:
+        loop.add_signal_handler(signum, stop.request, f"{signal.Signals(signum).name} received")
+    if early is not None and early.first is not None:
+        stop.request(f"{early.first} received")
     container = Container(settings=settings)
     container.wire(modules=[__name__])
     try:
-        try:
-            await container.init_resources()  # type: ignore[misc]
-        except LoaderError as error:
-            logger.error("Cannot start: {error}", error=str(error))
-            return EXIT_PERMANENT if isinstance(error, PermanentFailure) else EXIT_RETRYABLE
+        code = await _start(container, stop, settings.drain_timeout_sec)
+        if code is not None:
+            return code
         # Everything built so far lives for the whole run: keep the collector off it, and let
         # it run less often, as each trade makes short-lived objects (measured: ~1 us a trade).
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        return await _load()
+        return await _load(stop)
     finally:
+        for signum in HANDLED_SIGNALS:
+            loop.remove_signal_handler(signum)
         await container.shutdown_resources()  # type: ignore[misc]
         container.unwire()
 
 
-@inject
-async def _load(loader: TradeLoader = Provide[Container.loader]) -> int:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            signum, loader.request_stop, f"{signal.Signals(signum).name} received"
-        )
+async def _start(container: Container, stop: _StopRequest, bound: float) -> int | None:
+    """Connect everything; the exit code when the run ends before it could begin.
+
+    A stop during start-up gives the start what is left of the drain bound: when the broker
+    is reached meanwhile, the run still reports ``started`` and then ``interrupted``.
+    """
+    initialising = container.init_resources()
+    if initialising is None:  # pragma: no cover - the container has async resources
+        return None
+    starting = asyncio.ensure_future(initialising)
+    requested = asyncio.ensure_future(stop.requested.wait())
     try:
-        outcome = await loader.run()
+        await asyncio.wait({starting, requested}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            await asyncio.wait({starting}, timeout=bound)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        requested.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LoaderError):
+            await starting
+        logger.warning(
+            "{reason} while starting, before Kafka could be reached: nothing was published",
+            reason=stop.reason,
+        )
+        return EXIT_OK
+    error = starting.exception()
+    if isinstance(error, LoaderError):
+        logger.error("Cannot start: {error}", error=str(error))
+        if stop.reason is not None:
+            return EXIT_OK
+        return EXIT_PERMANENT if isinstance(error, PermanentFailure) else EXIT_RETRYABLE
+    if error is not None:
+        raise error
+    return None
+
+
+@inject
+async def _load(stop: _StopRequest, loader: TradeLoader = Provide[Container.loader]) -> int:
+    stop.pass_to(loader.request_stop)
+    outcome = await loader.run()
     return outcome.exit_code

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,3 +213,61 @@ async def test_a_listed_symbol_that_is_not_trading_is_reported_and_the_run_goes_
     assert events[-1]["status"] == "finished"
     ids = trade_ids(await read_all(broker.plaintext, topics.data), "BTCUSDT")
     assert ids == list(range(ids[0], ids[0] + 200))
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5, 1.0, 2.0])
+async def test_a_sigterm_at_any_moment_of_the_start_ends_interrupted_with_exit_0(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+    delay: float,
+) -> None:
+    sim = simulator("--market", f"BTCUSDT=replay:{CURRENT}", "--rate", "500")
+    env = loader_env(broker, topics, sim, DRAIN_TIMEOUT_SEC="5")
+    process = await loader(env).start()
+    # The signal is the input here, sent while the process is still starting.
+    await asyncio.sleep(delay)
+    process.signal(signal.SIGTERM)
+    assert await process.wait(30) == 0, process.output()[-3000:]
+    events = await events_of(broker, topics)
+    assert [e["status"] for e in events] == ["started", "interrupted"], process.output()[-3000:]
+
+
+async def test_a_sigterm_while_the_broker_cannot_be_reached_ends_within_the_drain_bound(
+    topics: TopicSet,
+    broker: BrokerEnv,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    sim = simulator("--market", f"BTCUSDT=replay:{CURRENT}", "--rate", "500")
+    env = loader_env(
+        broker,
+        topics,
+        sim,
+        DRAIN_TIMEOUT_SEC="3",
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",  # nothing listens there
+        KAFKA_CONNECT_TIMEOUT_SEC="120",
+    )
+    process = await loader(env).start()
+    await asyncio.sleep(1.0)
+    started = time.monotonic()
+    process.signal(signal.SIGTERM)
+    assert await process.wait(30) == 0, process.output()[-3000:]
+    assert time.monotonic() - started < 3 + 3
+    assert "Traceback" not in process.output()
+
+
+async def test_a_first_run_on_topics_yet_to_be_created_logs_no_error(
+    broker: BrokerEnv,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+) -> None:
+    topics = TopicSet.fresh("autocreate")  # the broker creates them as the loader uses them
+    sim = simulator("--market", f"BTCUSDT=replay:{CURRENT}", "--rate", "2000")
+    env = loader_env(broker, topics, sim, STOP_AFTER_RECORDS="100")
+    process = await loader(env).start()
+    assert await process.wait(120) == 0, process.output()[-3000:]
+    errors = [line for line in process.log_lines() if line["level"] in ("ERROR", "CRITICAL")]
+    assert errors == []
+    assert len(await read_all(broker.plaintext, topics.data)) == 100

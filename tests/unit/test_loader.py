@@ -739,3 +739,15 @@ async def test_a_tail_too_old_to_resume_from_is_still_never_published_again(
     world.feed.push(make_trade(20), make_trade(31), make_trade(32))
     await sut.run()
     assert world.published_ids == [31, 32]
+
+
+async def test_a_signal_before_the_start_still_sends_started_first(world: World) -> None:
+    world.events.hold = asyncio.Event()
+    sut = world.loader()
+    sut.request_stop("SIGTERM received")
+    run = asyncio.create_task(sut.run())
+    await world.events.wait_for_attempts(1)
+    world.events.hold.set()
+    outcome = await run
+    assert outcome.status is Status.INTERRUPTED
+    assert world.events.statuses == ["started", "interrupted"]
