@@ -658,13 +658,18 @@ class TradeLoader:
             self._state.record_written(delta)
 
     def _stop_budget(self) -> float:
-        """What an event may wait once the run is ending: the stop as a whole (draining,
-        flushing, the last events) fits the pod's grace period."""
+        """What is left of the drain bound: the stop as a whole (draining, flushing, events)
+        fits the pod's grace period."""
         spent = self._clock.monotonic() - self._stopping_since
-        return max(self._config.drain_timeout - spent, 0.0) + TERMINAL_EVENT_SECONDS
+        return max(self._config.drain_timeout - spent, 0.0)
 
     async def _announce(self, change: StateChange) -> None:
-        timeout = None if self._ending is None else self._stop_budget()
+        timeout = None
+        if self._ending is not None:
+            left = self._stop_budget()
+            # The last event has its own 3 s; another one (``started``, when the stop came
+            # first) at least 1 s.
+            timeout = left + TERMINAL_EVENT_SECONDS if change.status.terminal else max(left, 1.0)
         self._metrics.state(change.status)
         event = TelemetryEvent(
             queue_id=self._config.queue_id,
