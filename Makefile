@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: help venv lint unit coverage integration test demo bench kafka-up kafka-down sim-build clean
+.PHONY: help venv lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ kafka-down: ## stop the local Kafka broker
 sim-build: ## build the Binance-compatible exchange simulator
 	bash testbed/simulator/build.sh
 
+SEEDS ?= 2000
+START ?= 0
+
+simulate: venv ## seeded whole-run simulations: SEEDS=n schedules from START, or SEED=s to replay one
+	cd tests && ../$(BIN)/python -m simulation $(if $(SEED),--seed $(SEED) --logs,--seeds $(SEEDS) --start $(START))
+
 lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
 	$(BIN)/ruff check src tests testbed bench
 	$(BIN)/ruff format --check src tests testbed bench
@@ -38,8 +44,8 @@ lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
 	$(BIN)/lint-imports --no-cache
 	bash testbed/deploy_check.sh
 
-unit: venv ## unit and property tests (no network)
-	$(BIN)/pytest tests/unit
+unit: venv ## unit and property tests, and the simulation of whole runs (no network)
+	$(BIN)/pytest tests/unit tests/simulation
 
 coverage: venv ## unit tests with branch coverage of src/
 	$(BIN)/coverage run -m pytest tests/unit -q

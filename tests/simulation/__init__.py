@@ -1,0 +1,1 @@
+"""Deterministic simulation of whole runs: seeded fault schedules, a virtual clock, invariants."""
