@@ -56,6 +56,8 @@ _REJECTIONS: Final = {
 
 
 OVERSIZED: Final = _REJECTIONS["oversized"]
+REJECT_REASONS: Final = frozenset(_REJECTIONS)
+"""Why a frame is rejected: the few values of the rejected-frames metric's label."""
 
 
 class FrameDecoder:

@@ -139,7 +139,9 @@ class TradeLoader:
         try:
             # Sent first whatever happens; after a stop it waits only what the stop allows.
             started = self._state.start(f"Loader started for {symbols}")
-            await self._unless_ended(self._announce(started), grace=self._stop_budget)
+            await self._unless_ended(
+                self._announce(started), grace=lambda: max(self._stop_budget(), 1.0)
+            )
             if self._ending is None:
                 await self._unless_ended(self._prepare())
             if self._ending is not None:

@@ -11,6 +11,8 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
+from adapters.binance_codec import IGNORED_KINDS, REJECT_REASONS
+from adapters.binance_feed import RECONNECT_REASONS
 from domain.state import Status
 from simulation.exchange import BINANCE_ATTEMPT_LIMIT, Executed
 from simulation.loop import EPOCH
@@ -25,37 +27,6 @@ GIVE_UP_PATIENCE = 5.0
 NOT_WRITTEN = re.compile(r"(\w+) trades (\d+)\.\.(\d+)")
 REFUSED_LOGGED = re.compile(r"(\w+) trades (\d+)\.\.(\d+) \(\d+\) were not written")
 SILENT = re.compile(r"No (\w+) trade received for")
-
-RECONNECT_REASONS = frozenset(
-    {
-        "dropped",
-        "closed_by_exchange",
-        "closed_with_error",
-        "closed_by_loader",
-        "network_error",
-        "connect_failed",
-        "rotation",
-        "server_shutdown",
-        "silent_stream",
-        "other",
-    }
-)
-"""The bounded vocabulary of the reconnect metric's ``reason`` label."""
-REJECT_REASONS = frozenset(
-    {
-        "binary",
-        "oversized",
-        "invalid_json",
-        "not_object",
-        "missing_field",
-        "bad_type",
-        "bad_number",
-        "non_positive",
-        "unsubscribed_symbol",
-    }
-)
-IGNORED_KINDS = frozenset({"reply", "other"})
-"""Non-trade frames the feed ignores; any event name not known to the feed counts as other."""
 
 TERMINAL_EVENT_BOUND = 3.0 + 1.0
 """Beyond the drain bound: 3 s for the last event, 1 s for a started event still to send."""
@@ -483,6 +454,7 @@ def _telemetry(world: WorldResult, run: RunResult, found: list[Violation]) -> No
 
 
 def _labels(run: RunResult, found: list[Violation]) -> None:
+    """The metrics' labels take only the values the adapters declare, a fixed few."""
     stats = run.stats
     for label, values, allowed in (
         ("reason", stats.reconnects, RECONNECT_REASONS),
