@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -222,6 +223,8 @@ class BinanceTradeFeed(TradeFeed):
         """Whether a reconnection mark waits in the buffer."""
         self._attempt = 0
         self._pauses = 0
+        self._paused_readers = 0
+        self._pause_ended = -math.inf
         self._room = asyncio.Event()
         self._resume_at = max(1, tuning.buffer_frames * 3 // 4)
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
@@ -470,9 +473,17 @@ class BinanceTradeFeed(TradeFeed):
                 n=self._pauses,
             )
         self._stats.buffer_pauses += 1
-        while len(self._buffer) >= self._resume_at:
-            self._room.clear()
-            await self._room.wait()
+        self._paused_readers += 1
+        try:
+            while len(self._buffer) >= self._resume_at:
+                self._room.clear()
+                await self._room.wait()
+        finally:
+            self._paused_readers -= 1
+            self._pause_ended = self._clock.monotonic()
+
+    def paused_until(self) -> float:
+        return self._clock.monotonic() if self._paused_readers else self._pause_ended
 
     async def _shut(self, link: _Link) -> None:
         try:

@@ -7,10 +7,10 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
@@ -544,6 +544,14 @@ class KafkaTradePublisher(TradePublisher):
             raise self._failure
 
 
+class StoredRecord(NamedTuple):
+    """A message value as the topic holds it, with the record's timestamp."""
+
+    value: bytes | None
+    timestamp_ms: int
+    """When it was published (the producer's clock, as Kafka's ``CreateTime``)."""
+
+
 class PartitionLog(Protocol):
     """Read access to the partitions of one topic."""
 
@@ -555,9 +563,13 @@ class PartitionLog(Protocol):
         """The partition's first retained offset and its end (the next offset to be written)."""
         ...
 
-    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
-        """The values at offsets ``start`` up to ``stop`` (exclusive), oldest first."""
+    async def read(self, partition: int, start: int, stop: int) -> list[StoredRecord]:
+        """The records at offsets ``start`` up to ``stop`` (exclusive), oldest first."""
         ...
+
+
+CLOCK_SKEW_MS = 10_000
+"""How far apart the clocks of two producers of the topic may be: record times are theirs."""
 
 
 def partition_for(symbol: str, partitions: Sequence[int]) -> int:
@@ -567,14 +579,23 @@ def partition_for(symbol: str, partitions: Sequence[int]) -> int:
     return partition
 
 
+@dataclass(frozen=True, slots=True)
+class _Newest:
+    last: LastPublished
+    published_ms: int
+
+
 async def newest_trades(
     log: PartitionLog, symbols: Sequence[str], max_scan: int = 1_000_000
 ) -> list[LastPublished]:
     """The newest trade of each symbol in the log, read backwards from the partitions' ends.
 
     A symbol's trades go to the partition its key maps to, so that partition is read first,
-    until the symbol is found. A symbol not found there was written before the topic grew:
-    the other partitions are read for it, and the highest trade id wins.
+    until the symbol is found. After the topic grew, a symbol's key mapped elsewhere for a while,
+    and may map back to where its older trades are: unless the newest partition already held
+    records when the trade found was published (the topic has not grown since), every other
+    partition is read back to that moment (less the producers' clock skew), and for a symbol not
+    found at all, as far as ``max_scan``. The highest trade id wins.
     """
     partitions = await log.partitions()
     if not partitions:
@@ -582,18 +603,39 @@ async def newest_trades(
     ordered = sorted(partitions)
     everyone = set(symbols)
     home = {symbol: partition_for(symbol, ordered) for symbol in symbols}
-    found: dict[str, LastPublished] = {}
-    at_home: set[str] = set()
+    found: dict[str, _Newest] = {}
+    done: dict[int, set[str]] = {}
     for partition in ordered:
         wanted = {symbol for symbol, p in home.items() if p == partition}
         if wanted:
-            at_home |= wanted & await _scan_back(log, partition, wanted, everyone, found, max_scan)
-    # Seen only elsewhere (where another symbol lives, say) is not the newest: look everywhere.
-    missing = everyone - at_home
-    if missing:
-        for partition in ordered:
-            await _scan_back(log, partition, set(missing), everyone, found, max_scan)
-    return list(found.values())
+            done[partition] = wanted & await _scan_back(
+                log, partition, wanted, everyone, found, lambda _: None, max_scan
+            )
+    grown_after = await _first_record_time(log, ordered[-1])
+
+    def horizon(symbol: str) -> int | None:
+        """Records published before this cannot hold a newer trade of ``symbol``."""
+        newest = found.get(symbol)
+        return None if newest is None else newest.published_ms - CLOCK_SKEW_MS
+
+    settled = {
+        symbol
+        for symbol, newest in found.items()
+        if grown_after is not None and grown_after < newest.published_ms - CLOCK_SKEW_MS
+    }
+    for partition in ordered:
+        wanted = everyone - settled - done.get(partition, set())
+        if wanted:
+            await _scan_back(log, partition, wanted, everyone, found, horizon, max_scan)
+    return [newest.last for newest in found.values()]
+
+
+async def _first_record_time(log: PartitionLog, partition: int) -> int | None:
+    begin, end = await log.offsets(partition)
+    if end <= begin:
+        return None
+    records = await log.read(partition, begin, begin + 1)
+    return records[0].timestamp_ms if records else None
 
 
 async def _scan_back(
@@ -601,10 +643,12 @@ async def _scan_back(
     partition: int,
     wanted: set[str],
     everyone: set[str],
-    found: dict[str, LastPublished],
+    found: dict[str, _Newest],
+    horizon: Callable[[str], int | None],
     max_scan: int,
 ) -> set[str]:
-    """Read ``partition`` backwards, in doubling spans, until every ``wanted`` symbol is seen.
+    """Read ``partition`` backwards, in doubling spans, until every ``wanted`` symbol is seen
+    or the records are older than its ``horizon``.
 
     The newest trade of any of ``everyone`` seen on the way is kept in ``found`` when it is
     newer than what is there. Returns the symbols seen.
@@ -613,28 +657,38 @@ async def _scan_back(
     seen: set[str] = set()
     span = 1000
     stop = end
-    while stop > begin and not wanted <= seen and end - stop < max_scan:
+    while stop > begin and end - stop < max_scan:
         start = max(begin, stop - span)
-        for symbol, last in _newest_in(await log.read(partition, start, stop), everyone).items():
+        records = await log.read(partition, start, stop)
+        for symbol, newest in _newest_in(records, everyone).items():
             seen.add(symbol)
             current = found.get(symbol)
-            if current is None or last.trade_id > current.trade_id:
-                found[symbol] = last
+            if current is None or newest.last.trade_id > current.last.trade_id:
+                found[symbol] = newest
         stop = start
         span *= 2
+        oldest = records[0].timestamp_ms if records else None
+        if all(
+            symbol in seen
+            or (oldest is not None and (limit := horizon(symbol)) is not None and oldest < limit)
+            for symbol in wanted
+        ):
+            break
     return seen
 
 
-def _newest_in(values: list[bytes | None], wanted: set[str]) -> dict[str, LastPublished]:
-    newest: dict[str, LastPublished] = {}
-    for value in values:
-        decoded = decode_trade_position(value)
+def _newest_in(records: list[StoredRecord], wanted: set[str]) -> dict[str, _Newest]:
+    newest: dict[str, _Newest] = {}
+    for record in records:
+        decoded = decode_trade_position(record.value)
         if decoded is None or decoded[0] not in wanted:
             continue
         symbol, trade_id, timestamp = decoded
         current = newest.get(symbol)
-        if current is None or trade_id > current.trade_id:
-            newest[symbol] = LastPublished(symbol, trade_id, timestamp)
+        if current is None or trade_id > current.last.trade_id:
+            newest[symbol] = _Newest(
+                LastPublished(symbol, trade_id, timestamp), record.timestamp_ms
+            )
     return newest
 
 
@@ -662,17 +716,17 @@ class _ConsumerLog(PartitionLog):
         end = (await self._consumer.end_offsets([tp]))[tp]
         return begin, end
 
-    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
+    async def read(self, partition: int, start: int, stop: int) -> list[StoredRecord]:
         consumer = self._consumer
         tp = self._assign(partition)
         consumer.seek(tp, start)
-        values: list[bytes | None] = []
+        values: list[StoredRecord] = []
         while True:
             batches = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
             for record in batches.get(tp, []):
                 if record.offset >= stop:
                     return values
-                values.append(record.value)
+                values.append(StoredRecord(record.value, record.timestamp))
             if await consumer.position(tp) >= stop:
                 return values
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -55,6 +56,8 @@ class InMemoryTradeFeed(TradeFeed):
         self.closed = False
         self.reconnect_requests: list[str] = []
         self._clock_now: Callable[[], float] = clock.monotonic if clock else (lambda: 0.0)
+        self.paused_at = -math.inf
+        """What ``paused_until`` answers: set it to pretend the reader was paused."""
 
     def push(self, *trades: Trade) -> None:
         for trade in trades:
@@ -99,6 +102,9 @@ class InMemoryTradeFeed(TradeFeed):
 
     def backlog(self) -> int:
         return len(self._items)
+
+    def paused_until(self) -> float:
+        return self.paused_at
 
 
 class InMemoryExchange(SymbolDirectory, TradeHistory):

@@ -40,6 +40,8 @@ HISTORY_PATIENCE = 6.0
 stream) before it is reported as unrecoverable."""
 TERMINAL_EVENT_SECONDS = 3.0
 """What the last event may take beyond the drain bound: a stop then ends within both."""
+READER_CATCH_UP_SECONDS = 1.0
+"""How long a reader no longer paused may take to read what waited in the socket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +557,7 @@ class TradeLoader:
 
     async def _missed_trades(self, symbol: str, patience: float) -> bool:
         """Whether the exchange executed trades of ``symbol`` that the stream did not bring."""
+        asked = self._clock.monotonic()
         try:
             newest = await self._history.latest_trade_id(symbol)
         except HistoryError as error:
@@ -568,6 +571,10 @@ class TradeLoader:
             if self._clock.monotonic() >= deadline:
                 return False
             await self._clock.sleep(0.05)
+        if self._feed.paused_until() >= asked - READER_CATCH_UP_SECONDS:
+            # A full buffer paused reading: what the exchange sent meanwhile is still in the
+            # socket, unseen. Looked at again after another timeout.
+            return False
         last = self._sequencer.last(symbol)
         if last is not None:
             return newest is not None and newest > last

@@ -74,6 +74,12 @@ class TradeFeed(Protocol):
         """Frames received and not yet handed out by ``next_batch``."""
         ...
 
+    def paused_until(self) -> float:
+        """When reading last stopped being paused by a full buffer (monotonic seconds): now
+        while it is paused, ``-inf`` if it never was. Frames the exchange sent during a pause
+        wait unread in the socket until then."""
+        ...
+
 
 class SymbolDirectory(Protocol):
     """The exchange's list of symbols."""

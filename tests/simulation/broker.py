@@ -13,7 +13,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from adapters.kafka import BatchProducer, EventProducer, PartitionLog, newest_trades
+from adapters.kafka import (
+    BatchProducer,
+    EventProducer,
+    PartitionLog,
+    StoredRecord,
+    newest_trades,
+)
 from application.ports import Clock, ControlChannel, LastPublished, TopicTail
 from domain.messages import ControlCommand
 
@@ -268,10 +274,10 @@ class SimPartitionLog(PartitionLog):
         await asyncio.sleep(self._latency)
         return 0, len(self._broker.topic(self._topic).partitions[partition])
 
-    async def read(self, partition: int, start: int, stop: int) -> list[bytes | None]:
+    async def read(self, partition: int, start: int, stop: int) -> list[StoredRecord]:
         await asyncio.sleep(self._latency * (1 + (stop - start) / 1000))
         log = self._broker.topic(self._topic).partitions[partition]
-        return [record.value for record in log[start:stop]]
+        return [StoredRecord(r.value, round(r.timestamp * 1000)) for r in log[start:stop]]
 
 
 class SimTopicTail(TopicTail):

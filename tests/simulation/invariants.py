@@ -380,12 +380,13 @@ def _sequence_start(
     entries: list[_Published],
     truth: dict[str, _Truth],
 ) -> int | None:
-    """Where the run's sequence of ``symbol`` begins: the topic's start when it resumed from
-    an earlier run's tail, else the first trade it published itself."""
+    """Where the run's sequence of ``symbol`` begins: the tail it resumed from (older trades
+    cannot follow it in order, whatever holes earlier runs left), else the first trade it
+    published itself."""
     earlier = [p for p in entries if p.run < run.number]
     own = [p.trade_id for p in entries if p.run == run.number]
     if earlier and _resumable(world, run.number, symbol, earlier[-1], truth):
-        return min(p.trade_id for p in earlier)
+        return max(p.trade_id for p in earlier)
     return min(own, default=None)
 
 

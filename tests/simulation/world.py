@@ -440,15 +440,16 @@ class _World:
             command = ControlCommand(event.get("command", "stop"), queue)
             self.control.publish(now, command)
             if command.is_stop_for(QUEUE):
+                # The loader can act on a command only once its consumer has read it.
+                knob = self.setup.knob
+                started_reading = (
+                    result.began + knob("world", "startup") + knob("world", "control_start")
+                )
+                seen = max(now, started_reading) + knob("world", "control_poll")
                 if event.at <= 0:
                     # Read before streaming: nothing of this run may be published.
-                    result.triggers.append(Trigger(now, "stop before start", -math.inf))
+                    result.triggers.append(Trigger(seen, "stop before start", -math.inf))
                 else:
-                    knob = self.setup.knob
-                    started_reading = (
-                        result.began + knob("world", "startup") + knob("world", "control_start")
-                    )
-                    seen = max(now, started_reading) + knob("world", "control_poll")
                     result.triggers.append(Trigger(seen, "stop command", seen + 0.01))
         elif kind == "sigterm":
             loader.request_stop("SIGTERM received")

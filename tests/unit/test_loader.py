@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -539,6 +540,25 @@ async def test_a_backlog_behind_a_slow_broker_is_not_mistaken_for_silence(world:
     outcome = await run
     assert world.published_ids == list(range(1, 51))
     assert outcome.status is Status.INTERRUPTED
+
+
+async def test_trades_unread_in_the_socket_while_reading_is_paused_are_not_silence(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 10))
+    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
+    run = asyncio.create_task(sut.run())
+    await wait_until_streaming(world)
+    world.feed.push(*make_trades(1, 5))
+    await world.publisher.wait_for_count(5)
+    world.feed.paused_at = math.inf  # the buffer is full: trades 6..10 wait in the socket
+    await world.clock.advance(90)
+    assert world.feed.reconnect_requests == []
+    world.feed.paused_at = world.clock.monotonic()  # reading again, and still silent
+    await world.clock.advance(90)
+    assert world.feed.reconnect_requests[:1] == ["silent stream"]
+    sut.request_stop("done")
+    await run
 
 
 async def test_a_stop_in_the_backlog_is_read_before_anything_streams(world: World) -> None:
