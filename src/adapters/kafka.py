@@ -584,6 +584,11 @@ class _Newest:
     last: LastPublished
     published_ms: int
 
+    @property
+    def horizon_ms(self) -> int:
+        """Records published before this cannot hold a newer trade of the symbol."""
+        return self.published_ms - CLOCK_SKEW_MS
+
 
 async def newest_trades(
     log: PartitionLog, symbols: Sequence[str], max_scan: int = 1_000_000
@@ -614,14 +619,14 @@ async def newest_trades(
     grown_after = await _first_record_time(log, ordered[-1])
 
     def horizon(symbol: str) -> int | None:
-        """Records published before this cannot hold a newer trade of ``symbol``."""
         newest = found.get(symbol)
-        return None if newest is None else newest.published_ms - CLOCK_SKEW_MS
+        return None if newest is None else newest.horizon_ms
 
+    # The newest partition held records before then: the topic has not grown since.
     settled = {
         symbol
         for symbol, newest in found.items()
-        if grown_after is not None and grown_after < newest.published_ms - CLOCK_SKEW_MS
+        if grown_after is not None and grown_after < newest.horizon_ms
     }
     for partition in ordered:
         wanted = everyone - settled - done.get(partition, set())
@@ -720,15 +725,15 @@ class _ConsumerLog(PartitionLog):
         consumer = self._consumer
         tp = self._assign(partition)
         consumer.seek(tp, start)
-        values: list[StoredRecord] = []
+        records: list[StoredRecord] = []
         while True:
             batches = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
             for record in batches.get(tp, []):
                 if record.offset >= stop:
-                    return values
-                values.append(StoredRecord(record.value, record.timestamp))
+                    return records
+                records.append(StoredRecord(record.value, record.timestamp))
             if await consumer.position(tp) >= stop:
-                return values
+                return records
 
 
 class KafkaTopicTail(TopicTail):
