@@ -65,18 +65,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 from websockets.asyncio.client import connect
 
-from adapters.binance_codec import FrameDecoder
-from adapters.binance_feed import FeedTuning, stream_url
+from adapters.binance.codec import FrameDecoder
+from adapters.binance.connection import stream_url
+from adapters.binance.feed import FeedTuning
 from adapters.clock import SystemClock
-from adapters.kafka import (
-    KafkaConnection,
-    KafkaTradePublisher,
-    ProducerTuning,
-    start_producer,
-    stop_producer,
-    topic_partitions,
-)
-from adapters.kafka_codec import encode_trade
+from adapters.kafka.codec import encode_trade
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.metadata import topic_partitions
+from adapters.kafka.producer import ProducerTuning, start_producer, stop_producer
+from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
 from domain.trade import Trade
 from support.kafka_broker import BrokerEnv, load_env

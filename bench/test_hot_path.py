@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.binance_codec import FrameDecoder
-from adapters.binance_feed import FeedTuning
-from adapters.kafka_codec import encode_trade
+from adapters.binance.codec import FrameDecoder
+from adapters.binance.feed import FeedTuning
+from adapters.kafka.codec import encode_trade
 from domain.trade import Trade
 from support import recorded
 

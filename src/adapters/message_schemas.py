@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.kafka_codec import MAX_MESSAGE_BYTES
+from adapters.kafka.codec import MAX_MESSAGE_BYTES
 from domain.state import Status
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"

@@ -15,7 +15,7 @@ import uvloop
 from dependency_injector.wiring import Provide, inject
 from loguru import logger
 
-from adapters.kafka import follow_events, send_command
+from adapters.kafka.admin import follow_events, send_command
 from application.loader import TradeLoader
 from domain.errors import LoaderError, PermanentFailure
 from domain.messages import ControlCommand, TelemetryEvent

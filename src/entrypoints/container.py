@@ -7,19 +7,15 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaProducer
 from dependency_injector import containers, providers
 
-from adapters.binance_feed import BinanceTradeFeed
-from adapters.binance_rest import BinanceRestClient
+from adapters.binance.feed import BinanceTradeFeed
+from adapters.binance.rest import BinanceRestClient
 from adapters.clock import SystemClock
-from adapters.kafka import (
-    KafkaConnection,
-    KafkaControlChannel,
-    KafkaEventPublisher,
-    KafkaTopicTail,
-    KafkaTradePublisher,
-    ProducerTuning,
-    start_producer,
-    stop_producer,
-)
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.control import KafkaControlChannel
+from adapters.kafka.producer import ProducerTuning, start_producer, stop_producer
+from adapters.kafka.tail import KafkaTopicTail
+from adapters.kafka.telemetry import KafkaEventPublisher
+from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats, make_registry
 from adapters.monitoring import MonitoringServer
 from application.loader import TradeLoader

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Final, Literal, TypeVar, overload
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from adapters.binance_feed import FeedTuning
-from adapters.binance_rest import RestTuning
-from adapters.kafka import KafkaConnection, ProducerTuning
+from adapters.binance.feed import FeedTuning
+from adapters.binance.rest import RestTuning
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.producer import ProducerTuning
 from application.loader import LoaderConfig
 from domain.backoff import Backoff
 

@@ -13,13 +13,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from adapters.kafka import (
-    BatchProducer,
-    EventProducer,
-    PartitionLog,
-    StoredRecord,
-    newest_trades,
-)
+from adapters.kafka.tail import PartitionLog, StoredRecord, newest_trades
+from adapters.kafka.telemetry import EventProducer
+from adapters.kafka.trades import BatchProducer
 from application.ports import Clock, ControlChannel, LastPublished, TopicTail
 from domain.messages import ControlCommand
 

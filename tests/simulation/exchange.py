@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from adapters.binance_feed import ConnectFailed, ConnectionLost, StreamConnection
-from adapters.binance_rest import RestReply, RestTransport, RestUnreachable
+from adapters.binance.connection import ConnectFailed, ConnectionLost, StreamConnection
+from adapters.binance.rest import RestReply, RestTransport, RestUnreachable
 from application.ports import Clock
 from domain.trade import Trade
 

@@ -11,8 +11,8 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
-from adapters.binance_codec import IGNORED_KINDS, REJECT_REASONS
-from adapters.binance_feed import RECONNECT_REASONS
+from adapters.binance.codec import IGNORED_KINDS, REJECT_REASONS
+from adapters.binance.connection import RECONNECT_REASONS
 from domain.state import Status
 from simulation.exchange import BINANCE_ATTEMPT_LIMIT, Executed
 from simulation.loop import EPOCH

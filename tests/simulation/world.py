@@ -21,10 +21,13 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from adapters.binance_feed import BinanceTradeFeed, FeedTuning
-from adapters.binance_rest import BinanceRestClient, RestTuning
-from adapters.kafka import KafkaConnection, KafkaEventPublisher, KafkaTradePublisher, ProducerTuning
-from adapters.kafka_codec import decode_event
+from adapters.binance.feed import BinanceTradeFeed, FeedTuning
+from adapters.binance.rest import BinanceRestClient, RestTuning
+from adapters.kafka.codec import decode_event
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.producer import ProducerTuning
+from adapters.kafka.telemetry import KafkaEventPublisher
+from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
 from application.loader import LoaderConfig, Outcome, TradeLoader
 from domain.backoff import Backoff

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from adapters.kafka import topic_partitions
+from adapters.kafka.metadata import topic_partitions
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.binance_codec import (
+from adapters.binance.codec import (
     IGNORED_KINDS,
     SERVER_SHUTDOWN,
     FrameDecoder,

@@ -7,13 +7,8 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from adapters.binance_feed import (
-    RECONNECT_REASONS,
-    BinanceTradeFeed,
-    ConnectionLost,
-    FeedTuning,
-    StreamConnection,
-)
+from adapters.binance.connection import RECONNECT_REASONS, ConnectionLost, StreamConnection
+from adapters.binance.feed import BinanceTradeFeed, FeedTuning
 from adapters.clock import SystemClock
 from adapters.metrics import RunStats
 from application.ports import Received

@@ -7,7 +7,7 @@ import contextlib
 
 import orjson
 
-from adapters.binance_rest import BinanceRestClient, RestReply, RestTransport, RestTuning
+from adapters.binance.rest import BinanceRestClient, RestReply, RestTransport, RestTuning
 from adapters.memory import ManualClock
 from application.ports import HistoryError
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.kafka_codec import encode_trade
+from adapters.kafka.codec import encode_trade
 from domain.trade import plain_decimal
 from support.factories import make_trade
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from aiokafka import errors as kafka_errors
 
-import adapters.kafka
-from adapters.kafka import KafkaConnection, classify_kafka_error, diagnose
+import adapters.kafka.errors
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.errors import classify_kafka_error, diagnose
 from domain.errors import (
     BrokerAuthenticationError,
     BrokerAuthorizationError,
@@ -289,7 +290,7 @@ def connection_to(*servers: str) -> KafkaConnection:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
     def install(answers: dict[str, BaseException | None]) -> FakeConnections:
         connections = FakeConnections(answers)
-        monkeypatch.setattr(adapters.kafka, "create_conn", connections)
+        monkeypatch.setattr(adapters.kafka.errors, "create_conn", connections)
         return connections
 
     return install

@@ -12,14 +12,10 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from loguru import logger
 
 from adapters.clock import SystemClock
-from adapters.kafka import (
-    BatchProducer,
-    EventProducer,
-    KafkaConnection,
-    KafkaEventPublisher,
-    KafkaTradePublisher,
-    ProducerTuning,
-)
+from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.producer import ProducerTuning
+from adapters.kafka.telemetry import EventProducer, KafkaEventPublisher
+from adapters.kafka.trades import BatchProducer, KafkaTradePublisher
 from adapters.metrics import RunStats
 from domain.errors import BrokerUnavailableError, LoaderError
 from domain.messages import TelemetryEvent

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
-from adapters.kafka_codec import encode_command, encode_event, encode_trade
+from adapters.kafka.codec import encode_command, encode_event, encode_trade
 from adapters.message_schemas import (
     ControlCommandMessage,
     TelemetryEventMessage,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapters.kafka import PartitionLog, StoredRecord, newest_trades, partition_for
-from adapters.kafka_codec import encode_trade
+from adapters.kafka.codec import encode_trade
+from adapters.kafka.metadata import partition_for
+from adapters.kafka.tail import PartitionLog, StoredRecord, newest_trades
 from application.ports import LastPublished
 from support.factories import make_trades
 

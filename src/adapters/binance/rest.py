@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from loguru import logger
 
-from adapters.binance_codec import parse_history_trade
+from adapters.binance.codec import parse_history_trade
 from application.ports import Clock, HistoryError, SymbolDirectory, SymbolInfo, TradeHistory
 from domain.errors import ExchangeUnavailableError, UnknownSymbolError
 from domain.trade import Trade

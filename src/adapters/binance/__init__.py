@@ -1,0 +1,1 @@
+"""Binance adapters: the live trade stream, its frames, and the REST API for symbols and history."""
