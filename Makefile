@@ -13,11 +13,11 @@ UV_VERSION := 0.13.9
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements/dev.lock
+$(STAMP): pyproject.toml dev/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements/dev.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . -e dev
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with the locked dependencies and the project
@@ -38,9 +38,9 @@ simulate: venv ## seeded whole-run simulations: SEEDS=n schedules from START, or
 	cd tests && ../$(BIN)/python -m simulation $(if $(SEED),--seed $(SEED) --logs,--seeds $(SEEDS) --start $(START))
 
 lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
-	$(BIN)/ruff check src tests testbed bench
-	$(BIN)/ruff format --check src tests testbed bench
-	$(BIN)/mypy src tests testbed bench
+	$(BIN)/ruff check src tests dev testbed bench
+	$(BIN)/ruff format --check src tests dev testbed bench
+	$(BIN)/mypy src tests dev testbed bench
 	$(BIN)/lint-imports --no-cache
 	bash testbed/deploy_check.sh
 

@@ -23,16 +23,7 @@ Results go to ``bench/results/<date>.json`` and, for a full run, to the table in
 or misordered trade, a loader that did not end cleanly, a scenario that could not run.
 """
 
-# ruff: noqa: E402 - the test helpers under tests/ are put on the path before they are imported
-
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
 
 import argparse
 import asyncio
@@ -49,6 +40,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -56,6 +48,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -76,11 +69,12 @@ from adapters.kafka.producer import ProducerTuning, start_producer, stop_produce
 from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
 from domain.trade import Trade
-from support.kafka_broker import BrokerEnv, load_env
-from support.service import COMMAND, loader_env
-from support.simulator import BINARY, Simulator, ensure_built
-from support.topics import TopicSet, create_topics
+from testkit.kafka_broker import BrokerEnv, load_env
+from testkit.service import COMMAND, loader_env
+from testkit.simulator import BINARY, Simulator, ensure_built
+from testkit.topics import TopicSet, create_topics
 
+REPO: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = REPO / "bench" / "results"
 DOCS: Final = REPO / "docs" / "benchmarks.md"
 SIMBENCH: Final = BINARY.with_name("simbench")

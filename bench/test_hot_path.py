@@ -23,7 +23,7 @@ from adapters.binance.codec import FrameDecoder
 from adapters.binance.feed import FeedTuning
 from adapters.kafka.codec import encode_trade
 from domain.trade import Trade
-from support import recorded
+from testkit import recorded
 
 ROUNDS = int(os.environ.get("BENCH_HOT_PATH_ROUNDS", "30"))
 

@@ -14,22 +14,19 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+
+from testkit.kafka_broker import load_env
+from testkit.recorded import CURRENT, trades
+from testkit.service import LoaderProcess
+from testkit.simulator import Simulator
+from testkit.topics import Record, create_topics, publish, read_all
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from aiokafka import AIOKafkaConsumer  # noqa: E402
-
-from support.kafka_broker import load_env  # noqa: E402
-from support.recorded import CURRENT, trades  # noqa: E402
-from support.service import LoaderProcess  # noqa: E402
-from support.simulator import Simulator  # noqa: E402
-from support.topics import Record, create_topics, publish, read_all  # noqa: E402
-
 EVENTS_TOPIC = "queue-events"
 CONTROL_TOPIC = "queue-control"
 

@@ -17,7 +17,7 @@
 #   JAVA_HOME, PYTHON  java and python3 to use
 #
 # `up` writes .local/kafka.env (instance main) or .local/kafka-<instance>.env with the
-# addresses, CA paths and SCRAM credentials (see tests/support/kafka_broker.py).
+# addresses, CA paths and SCRAM credentials (see dev/testkit/kafka_broker.py).
 # `status` exits 0 when running, 2 when paused, 1 when not running.
 set -euo pipefail
 

@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from support.kafka_broker import BrokerEnv, LocalBroker
-from support.service import LoaderProcess
-from support.simulator import Simulator
-from support.topics import TopicSet
+from testkit.kafka_broker import BrokerEnv, LocalBroker
+from testkit.service import LoaderProcess
+from testkit.simulator import Simulator
+from testkit.topics import TopicSet
 
-pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this directory ``integration`` (a conftest's ``pytestmark`` would not)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from support.kafka_broker import REPO_ROOT, BrokerEnv, LocalBroker
-from support.service import LoaderProcess, loader_env
-from support.simulator import Simulator
-from support.topics import Record, TopicSet, read_all, trade_ids
+from testkit.kafka_broker import REPO_ROOT, BrokerEnv, LocalBroker
+from testkit.service import LoaderProcess, loader_env
+from testkit.simulator import Simulator
+from testkit.topics import Record, TopicSet, read_all, trade_ids
 
 SYMBOL = "BTCUSDT"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from support.kafka_broker import BrokerEnv
-from support.recorded import CURRENT, LEGACY, expected_message, trades
-from support.service import LoaderProcess, loader_env
-from support.simulator import Simulator
-from support.telemetry import assert_telemetry, events_of
-from support.topics import TopicSet, publish, read_all, trade_ids
+from testkit.kafka_broker import BrokerEnv
+from testkit.recorded import CURRENT, LEGACY, expected_message, trades
+from testkit.service import LoaderProcess, loader_env
+from testkit.simulator import Simulator
+from testkit.telemetry import assert_telemetry, events_of
+from testkit.topics import TopicSet, publish, read_all, trade_ids
 
 
 @pytest.mark.parametrize("source", [CURRENT, LEGACY], ids=["current", "legacy-b-a"])

@@ -10,10 +10,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from support.kafka_broker import BrokerEnv
-from support.service import COMMAND, LoaderProcess, loader_env
-from support.simulator import Simulator
-from support.topics import TopicSet, read_all
+from testkit.kafka_broker import BrokerEnv
+from testkit.service import COMMAND, LoaderProcess, loader_env
+from testkit.simulator import Simulator
+from testkit.topics import TopicSet, read_all
 
 
 def free_port() -> int:

@@ -26,12 +26,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.kafka_broker import BrokerEnv
-from support.recorded import CURRENT, LEGACY, expected_message, trades
-from support.service import LoaderProcess, loader_env
-from support.simulator import Simulator
-from support.telemetry import assert_telemetry, events_of
-from support.topics import (
+from testkit.kafka_broker import BrokerEnv
+from testkit.recorded import CURRENT, LEGACY, expected_message, trades
+from testkit.service import LoaderProcess, loader_env
+from testkit.simulator import Simulator
+from testkit.telemetry import assert_telemetry, events_of
+from testkit.topics import (
     TopicSet,
     create_topics,
     publish,

@@ -19,7 +19,7 @@ from adapters.binance.codec import (
     parse_history_trade,
 )
 from domain.trade import Trade
-from support.recorded import CURRENT, LEGACY, frames
+from testkit.recorded import CURRENT, LEGACY, frames
 
 sut = FrameDecoder(frozenset({"BTCUSDT", "ETHUSDT"}), max_bytes=64 * 1024)
 

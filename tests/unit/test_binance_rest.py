@@ -8,8 +8,8 @@ import contextlib
 import orjson
 
 from adapters.binance.rest import BinanceRestClient, RestReply, RestTransport, RestTuning
-from adapters.memory import ManualClock
 from application.ports import HistoryError
+from testkit.fakes import ManualClock
 
 HISTORY = orjson.dumps(
     [

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from adapters.kafka.codec import encode_trade
 from domain.trade import plain_decimal
-from support.factories import make_trade
+from testkit.factories import make_trade
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pydantic import AliasChoices
 
 from entrypoints.cli import build_parser
 from entrypoints.settings import Settings, load_settings
-from support.certs import make_ca_certificate
+from testkit.certs import make_ca_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -20,7 +20,7 @@ from adapters.metrics import RunStats
 from domain.errors import BrokerUnavailableError, LoaderError
 from domain.messages import TelemetryEvent
 from domain.state import Status
-from support.factories import make_trades
+from testkit.factories import make_trades
 
 CONNECTION = KafkaConnection("broker.test:9092")
 

@@ -8,14 +8,6 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from adapters.memory import (
-    InMemoryControlChannel,
-    InMemoryEventPublisher,
-    InMemoryExchange,
-    InMemoryTradeFeed,
-    InMemoryTradePublisher,
-    ManualClock,
-)
 from adapters.metrics import RunStats
 from application.loader import TERMINAL_EVENT_SECONDS, LoaderConfig, Outcome, TradeLoader
 from application.ports import LastPublished
@@ -26,7 +18,15 @@ from domain.errors import (
 )
 from domain.messages import ControlCommand
 from domain.state import Status
-from support.factories import make_trade, make_trades
+from testkit.factories import make_trade, make_trades
+from testkit.fakes import (
+    InMemoryControlChannel,
+    InMemoryEventPublisher,
+    InMemoryExchange,
+    InMemoryTradeFeed,
+    InMemoryTradePublisher,
+    ManualClock,
+)
 
 QUEUE = "wf-ws-trades-20240801-a1b2c3"
 

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
 from adapters.kafka.codec import encode_command, encode_event, encode_trade
-from adapters.message_schemas import (
+from devtools.message_schemas import (
     ControlCommandMessage,
     TelemetryEventMessage,
     TradeMessage,
@@ -25,10 +25,10 @@ from adapters.message_schemas import (
 )
 from domain.messages import ControlCommand, TelemetryEvent
 from domain.state import Status
-from support.factories import make_trade
+from testkit.factories import make_trade
 
 ASYNCAPI_FILE = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
-REGENERATE = ".venv/bin/python -m adapters.message_schemas > docs/asyncapi.yaml"
+REGENERATE = ".venv/bin/python -m devtools.message_schemas > docs/asyncapi.yaml"
 
 # The examples of CONTRACT.md, verbatim.
 CONTRACT_TRADE = (
@@ -76,7 +76,7 @@ def make_event(status: Status = Status.LOADING, **changes: Any) -> TelemetryEven
 def test_committed_asyncapi_document_is_what_the_code_generates() -> None:
     committed = ASYNCAPI_FILE.read_text(encoding="utf-8")
     assert committed == asyncapi_yaml(), (
-        f"docs/asyncapi.yaml is out of date with src/adapters/message_schemas.py; "
+        f"docs/asyncapi.yaml is out of date with dev/devtools/message_schemas.py; "
         f"regenerate it with: {REGENERATE}"
     )
 

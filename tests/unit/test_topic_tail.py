@@ -8,7 +8,7 @@ from adapters.kafka.codec import encode_trade
 from adapters.kafka.metadata import partition_for
 from adapters.kafka.tail import PartitionLog, StoredRecord, newest_trades
 from application.ports import LastPublished
-from support.factories import make_trades
+from testkit.factories import make_trades
 
 
 class ListLog(PartitionLog):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from support.kafka_broker import BrokerEnv
-from support.topics import CONTRACT_EVENT_FIELDS, TopicSet, read_all
+from testkit.kafka_broker import BrokerEnv
+from testkit.topics import CONTRACT_EVENT_FIELDS, TopicSet, read_all
 
 
 async def events_of(broker: BrokerEnv, topics: TopicSet) -> list[dict[str, Any]]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from support.kafka_broker import BrokerEnv
-from support.simulator import Simulator
-from support.topics import TopicSet
+from testkit.kafka_broker import BrokerEnv
+from testkit.simulator import Simulator
+from testkit.topics import TopicSet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND = Path(sys.executable).with_name("loader-ws-trades")
