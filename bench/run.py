@@ -60,20 +60,22 @@ from websockets.asyncio.client import connect
 
 from adapters.binance.codec import FrameDecoder
 from adapters.binance.connection import stream_url
-from adapters.binance.feed import FeedTuning
 from adapters.clock import SystemClock
 from adapters.kafka.codec import encode_trade
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.metadata import topic_partitions
-from adapters.kafka.producer import ProducerTuning, start_producer, stop_producer
+from adapters.kafka.producer import start_producer, stop_producer
 from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
 from domain.trade import Trade
 from testkit.kafka_broker import BrokerEnv, load_env
 from testkit.service import COMMAND, loader_env
+from testkit.settings import settings
 from testkit.simulator import BINARY, Simulator, ensure_built
 from testkit.topics import TopicSet, create_topics
 
+DEFAULTS: Final = settings()
+"""The loader's default settings, for the parts measured in this process."""
 REPO: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = REPO / "bench" / "results"
 DOCS: Final = REPO / "docs" / "benchmarks.md"
@@ -164,6 +166,8 @@ class Context:
     results: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     runs: Counter[str] = field(default_factory=Counter)
+    loader_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What each loader run logged as its settings in effect, by run label."""
 
     def log_path(self, label: str, what: str) -> Path:
         """A fresh file for one run's log (the simulator appends to an existing one)."""
@@ -639,7 +643,13 @@ def check_exit(ctx: Context, label: str, run: LoaderRun) -> None:
         problem = f"{label}: loader exited with {run.exit_code}"
         ctx.problems.append(problem)
         log(f"PROBLEM {problem}\n{run.log_tail()}")
-    finished = [line for line in run.log_lines() if "Run ended" in str(line.get("message", ""))]
+    lines = run.log_lines()
+    logged = [line for line in lines if line.get("message") == "Settings in effect"]
+    if logged:
+        ctx.loader_settings[label] = logged[0]["settings"]
+    else:
+        ctx.problems.append(f"{label}: the loader logged no settings in effect")
+    finished = [line for line in lines if "Run ended" in str(line.get("message", ""))]
     if finished:
         log(f"{label}: {finished[-1]['message']}")
 
@@ -751,7 +761,7 @@ async def fetch_frames(ws_url: str, symbols: Sequence[str], total: int) -> list[
 
 def decode_frames(frames: Sequence[str], symbols: Sequence[str]) -> list[Trade]:
     """The trades in ``frames``, decoded exactly as the loader decodes them."""
-    decode = FrameDecoder(frozenset(symbols), FeedTuning().max_frame_bytes).decode
+    decode = FrameDecoder(frozenset(symbols), DEFAULTS.ws_max_frame_bytes).decode
     trades: list[Trade] = []
     for frame in frames:
         trade = decode(frame)
@@ -772,7 +782,7 @@ async def push(
 ) -> dict[str, float]:
     """Send every trade through a producer started as the service starts its own."""
     connection = KafkaConnection(bootstrap)
-    tuning = ProducerTuning()
+    tuning = DEFAULTS.producer_tuning()
     stats = RunStats()
     producer = await start_producer(connection, tuning, stats)
     try:
@@ -1382,19 +1392,32 @@ def code_state() -> dict[str, Any]:
     }
 
 
-def settings_info(partitions: int) -> dict[str, Any]:
-    producer = ProducerTuning()
-    feed = FeedTuning()
+def settings_info(ctx: Context) -> dict[str, Any]:
+    """The settings the loader processes logged as in effect (the variables that differ between
+    runs apart), and those of the in-process producer and the topics."""
+    runs = list(ctx.loader_settings.values())
+    common = (
+        {key: value for key, value in runs[0].items() if all(run.get(key) == value for run in runs)}
+        if runs
+        else {}
+    )
+    varying = {
+        label: {key: value for key, value in run.items() if key not in common}
+        for label, run in ctx.loader_settings.items()
+    }
+    producer = DEFAULTS.producer_tuning()
     return {
-        "acks": "all",
-        "enable_idempotence": True,
-        "linger_ms": producer.linger_ms,
-        "max_batch_bytes": producer.max_batch_bytes,
-        "compression": producer.compression,
-        "max_in_flight_trades": producer.max_in_flight_trades,
-        "ws_buffer_frames": feed.buffer_frames,
-        "feed_batch_size": feed.batch_size,
-        "topic_partitions": partitions,
+        "loader_process": common,
+        "loader_process_by_run": {label: diff for label, diff in varying.items() if diff},
+        "in_process_producer": {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": producer.linger_ms,
+            "max_batch_bytes": producer.max_batch_bytes,
+            "compression": producer.compression,
+            "max_in_flight_trades": producer.max_in_flight_trades,
+        },
+        "topic_partitions": ctx.partitions,
         "topic_timestamps": "LogAppendTime",
     }
 
@@ -1825,7 +1848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": plan.__dict__,
         "machine": machine_info(),
         "code": code_before,
-        "settings": settings_info(args.partitions),
+        "settings": settings_info(ctx),
         "scenarios": ctx.results,
         "problems": ctx.problems,
     }

@@ -20,10 +20,10 @@ import orjson
 import pytest
 
 from adapters.binance.codec import FrameDecoder
-from adapters.binance.feed import FeedTuning
 from adapters.kafka.codec import encode_trade
 from domain.trade import Trade
 from testkit import recorded
+from testkit.settings import settings
 
 ROUNDS = int(os.environ.get("BENCH_HOT_PATH_ROUNDS", "30"))
 
@@ -39,7 +39,7 @@ def raw_frames() -> tuple[str, ...]:
 
 
 def decoder() -> FrameDecoder:
-    return FrameDecoder(frozenset({"BTCUSDT"}), FeedTuning().max_frame_bytes)
+    return FrameDecoder(frozenset({"BTCUSDT"}), settings().ws_max_frame_bytes)
 
 
 def trades() -> list[Trade]:

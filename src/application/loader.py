@@ -46,21 +46,22 @@ READER_CATCH_UP_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class LoaderConfig:
-    """What one run loads and how it behaves; built from the settings by the entrypoint."""
+    """What one run loads and how it behaves; built from the settings by the entrypoint, which
+    hold the defaults of every field but ``backfill_page_size`` (Binance's largest page)."""
 
     queue_id: str
     symbols: tuple[str, ...]
     data_type: str
     producer_id: str
-    telemetry_interval: float = 5.0
-    stop_after_records: int | None = None
-    stop_after_seconds: float | None = None
-    drain_timeout: float = 20.0
-    backfill_max_trades: int = 100_000
-    backfill_max_age: float = 6 * 3600.0
+    telemetry_interval: float
+    stop_after_records: int | None
+    stop_after_seconds: float | None
+    drain_timeout: float
+    backfill_max_trades: int
+    backfill_max_age: float
+    resume_window: float
+    silence_timeout: float
     backfill_page_size: int = 1000
-    resume_window: float = 6 * 3600.0
-    silence_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ class Backoff:
     lost the same server do not come back in step.
     """
 
-    initial: float = 0.5
-    cap: float = 30.0
+    initial: float
+    cap: float
     factor: float = 2.0
     jitter: float = 0.5
 

@@ -162,6 +162,7 @@ def run_job(early: EarlySignals | None = None) -> int:
             "producer": settings.telemetry_producer_id,
         },
     )
+    logger.info("Settings in effect", settings=settings.in_effect())
     return uvloop.run(_run(settings, early))
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar, overload
+from typing import Annotated, Any, Final, Literal, Self, TypeVar, overload
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.binance.feed import FeedTuning
@@ -101,11 +109,51 @@ class KafkaSettings(BaseSettings):
             raise ValueError(f"{value} holds no usable PEM certificate ({detail})") from None
         return value
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _rules_between_variables(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """Rules between variables, checked on the values as given (keyed by variable), so they
+        are told together with every problem of a single variable."""
+        broken = cls._broken_rules(data) if isinstance(data, Mapping) else []
+        try:
+            settings = handler(data)
+        except ValidationError as error:
+            raise _with_rules(cls.__name__, error, broken) from None
+        if broken:
+            raise _with_rules(cls.__name__, None, broken)
+        return settings
+
+    @classmethod
+    def _broken_rules(cls, given: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(variable, problem) for each rule between variables that ``given`` breaks."""
+        broken = []
+        user = given.get("KAFKA_USER_PRODUCER")
+        password = given.get("KAFKA_PASSWORD_PRODUCER")
+        protocol = infer_protocol(given.get("KAFKA_SECURITY_PROTOCOL"), password is not None)
+        if (user is None) != (password is None):
+            missing = "KAFKA_PASSWORD_PRODUCER" if user else "KAFKA_USER_PRODUCER"
+            broken.append((missing, "is required when the other SASL credential is set"))
+        if protocol in SECURITY_PROTOCOLS:
+            if protocol.startswith("SASL_") and not (user and password):
+                broken.append(
+                    (
+                        "KAFKA_SECURITY_PROTOCOL",
+                        f"{protocol} needs KAFKA_USER_PRODUCER and KAFKA_PASSWORD_PRODUCER",
+                    )
+                )
+            if (user or password) and not protocol.startswith("SASL_"):
+                broken.append(
+                    (
+                        "KAFKA_SECURITY_PROTOCOL",
+                        f"credentials are set but {protocol} would not use them; use SASL_SSL "
+                        "(or SASL_PLAINTEXT, which sends the password unencrypted)",
+                    )
+                )
+        return broken
+
     @property
     def security_protocol(self) -> str:
-        if self.kafka_security_protocol is not None:
-            return self.kafka_security_protocol
-        return "SASL_SSL" if self.kafka_password is not None else "PLAINTEXT"
+        return infer_protocol(self.kafka_security_protocol, self.kafka_password is not None)
 
     def kafka_client(self, client_id: str) -> KafkaConnection:
         return KafkaConnection(
@@ -196,6 +244,23 @@ class Settings(KafkaSettings):
     resume_window_sec: float = Field(6 * 3600.0, ge=0, validation_alias="RESUME_WINDOW_SEC")
     rest_weight_budget: int = Field(4800, ge=25, le=6000, validation_alias="REST_WEIGHT_BUDGET")
 
+    @classmethod
+    def _broken_rules(cls, given: Mapping[str, Any]) -> list[tuple[str, str]]:
+        broken = super()._broken_rules(given)
+        initial = given.get("RECONNECT_INITIAL_DELAY_SEC")
+        cap = given.get("RECONNECT_MAX_DELAY_SEC")
+        fields = cls.model_fields
+        try:
+            if float(initial or fields["reconnect_initial_delay_sec"].default) > float(
+                cap or fields["reconnect_max_delay_sec"].default
+            ):
+                broken.append(
+                    ("RECONNECT_INITIAL_DELAY_SEC", "must not exceed RECONNECT_MAX_DELAY_SEC")
+                )
+        except (TypeError, ValueError):
+            pass  # not a number: told by the variable's own check
+        return broken
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:
@@ -217,6 +282,20 @@ class Settings(KafkaSettings):
     @classmethod
     def _accept_plural_type(cls, value: Any) -> Any:
         return "ws_trade" if value == "ws_trades" else value
+
+    def in_effect(self) -> dict[str, Any]:
+        """Every variable's value as this run uses it (defaults included), secrets masked."""
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            values[_FIELD_VARIABLES[name].split("/")[0]] = value
+        return values
 
     # What each layer gets.
 
@@ -259,7 +338,6 @@ class Settings(KafkaSettings):
                 initial=self.reconnect_initial_delay_sec, cap=self.reconnect_max_delay_sec
             ),
             attempts_limit=self.reconnect_max_attempts_per_5min,
-            attempts_window=300.0,
             unavailable_timeout=self.exchange_unavailable_timeout_sec,
             rotate_after=self.ws_rotate_after_sec,
         )
@@ -295,55 +373,33 @@ def load_settings() -> Settings: ...
 def load_settings(kind: type[_S]) -> _S: ...
 def load_settings(kind: type[KafkaSettings] = Settings) -> KafkaSettings:
     """Settings from the process environment, or ``SettingsError`` naming every problem."""
-    problems: list[str] = []
-    settings: KafkaSettings | None = None
     try:
-        settings = kind()
+        return kind()
     except ValidationError as error:
-        problems.extend(_describe(error))
-    problems.extend(_cross_checks(os.environ))
-    if problems or settings is None:
-        raise SettingsError(problems)
-    return settings
+        raise SettingsError(_describe(error)) from None
 
 
-def _first(environ: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        value = environ.get(name)
-        if value:
-            return value
-    return None
+def infer_protocol(explicit: str | None, has_password: bool) -> str:
+    """The security protocol: as set, else SASL_SSL when a password is given, else PLAINTEXT."""
+    if explicit is not None:
+        return explicit
+    return "SASL_SSL" if has_password else "PLAINTEXT"
 
 
-def _cross_checks(environ: Mapping[str, str]) -> list[str]:
-    """Rules between variables, checked on the raw values so every problem is told at once."""
-    problems = []
-    user = _first(environ, "KAFKA_USER_PRODUCER", "KAFKA_USER")
-    password = _first(environ, "KAFKA_PASSWORD_PRODUCER", "KAFKA_PASSWORD")
-    explicit = _first(environ, "KAFKA_SECURITY_PROTOCOL")
-    protocol = explicit or ("SASL_SSL" if password else "PLAINTEXT")
-    if (user is None) != (password is None):
-        missing = "KAFKA_PASSWORD_PRODUCER" if user else "KAFKA_USER_PRODUCER"
-        problems.append(f"{missing}: is required when the other SASL credential is set")
-    if protocol in SECURITY_PROTOCOLS:
-        if protocol.startswith("SASL_") and not (user and password):
-            problems.append(
-                f"KAFKA_SECURITY_PROTOCOL: {protocol} needs KAFKA_USER_PRODUCER and "
-                "KAFKA_PASSWORD_PRODUCER"
-            )
-        if (user or password) and not protocol.startswith("SASL_"):
-            problems.append(
-                f"KAFKA_SECURITY_PROTOCOL: credentials are set but {protocol} would not use them; "
-                "use SASL_SSL (or SASL_PLAINTEXT, which sends the password unencrypted)"
-            )
-    initial = _first(environ, "RECONNECT_INITIAL_DELAY_SEC")
-    cap = _first(environ, "RECONNECT_MAX_DELAY_SEC")
-    try:
-        if float(initial or 0.5) > float(cap or 30.0):
-            problems.append("RECONNECT_INITIAL_DELAY_SEC: must not exceed RECONNECT_MAX_DELAY_SEC")
-    except ValueError:
-        pass  # reported by the field itself
-    return problems
+def _with_rules(
+    title: str, error: ValidationError | None, broken: list[tuple[str, str]]
+) -> ValidationError:
+    """``error``'s problems and the broken rules between variables, as one error."""
+    details: list[InitErrorDetails] = []
+    for item in error.errors(include_url=False) if error is not None else []:
+        detail = InitErrorDetails(type=item["type"], loc=item["loc"], input=item["input"])
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        details.append(detail)
+    for variable, problem in broken:
+        rule = PydanticCustomError("rule_between_variables", "{problem}", {"problem": problem})
+        details.append(InitErrorDetails(type=rule, loc=(variable,), input=None))
+    return ValidationError.from_exception_data(title, details)
 
 
 def _describe(error: ValidationError) -> list[str]:

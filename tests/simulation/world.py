@@ -15,17 +15,16 @@ import hashlib
 import math
 import random
 from collections.abc import Coroutine, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from loguru import logger
 
-from adapters.binance.feed import BinanceTradeFeed, FeedTuning
-from adapters.binance.rest import BinanceRestClient, RestTuning
+from adapters.binance.feed import BinanceTradeFeed
+from adapters.binance.rest import BinanceRestClient
 from adapters.kafka.codec import decode_event
 from adapters.kafka.connection import KafkaConnection
-from adapters.kafka.producer import ProducerTuning
 from adapters.kafka.telemetry import KafkaEventPublisher
 from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
@@ -36,7 +35,10 @@ from simulation.broker import SimBroker, SimControlChannel, SimControlTopic, Sim
 from simulation.exchange import SimExchange, Window
 from simulation.loop import VirtualClock, VirtualTimeLoop
 from simulation.schedule import Event, RunPlan, Schedule
+from testkit.settings import settings
 
+DEFAULTS = settings()
+"""The loader's defaults; each schedule's knobs are set on top of them."""
 QUEUE = "wf-ws-trades-sim"
 TOPIC = "wf-ws-trades-sim-data"
 EVENTS_TOPIC = "queue-events"
@@ -224,15 +226,14 @@ class _World:
     # One run.
 
     def _config(self, plan: RunPlan) -> LoaderConfig:
-        knobs = dict(self.setup.loader)
-        return LoaderConfig(
+        return replace(
+            DEFAULTS.loader_config(),
             queue_id=QUEUE,
             symbols=self.setup.symbols,
-            data_type="ws_trade",
             producer_id="loader-ws-trades__sim",
             stop_after_records=plan.stop_after_records,
             stop_after_seconds=plan.stop_after_seconds,
-            **knobs,
+            **dict(self.setup.loader),
         )
 
     async def _run(self, number: int, plan: RunPlan) -> RunResult:
@@ -241,7 +242,8 @@ class _World:
         stats = RunStats()
         result = RunResult(number, plan, config, self.loop.time(), stats)
         self.runs.append(result)
-        feed_tuning = FeedTuning(
+        feed_tuning = replace(
+            DEFAULTS.feed_tuning(),
             buffer_frames=setup.knob("feed", "buffer_frames"),
             batch_size=setup.knob("feed", "batch_size"),
             rotate_after=setup.knob("feed", "rotate_after"),
@@ -251,8 +253,8 @@ class _World:
             attempts_limit=setup.knob("feed", "attempts_limit"),
             unavailable_timeout=setup.knob("feed", "unavailable_timeout"),
         )
-        producer_tuning = ProducerTuning(**dict(setup.producer))
-        rest_tuning = RestTuning(**dict(setup.rest))
+        producer_tuning = replace(DEFAULTS.producer_tuning(), **dict(setup.producer))
+        rest_tuning = replace(DEFAULTS.rest_tuning(), **dict(setup.rest))
         connection = KafkaConnection("kafka.sim:9092")
         producer = self.broker.producer(
             number, producer_tuning.max_batch_bytes, producer_tuning.request_timeout_ms / 1000

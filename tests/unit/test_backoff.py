@@ -32,7 +32,7 @@ def test_delay_is_within_jitter_of_the_ceiling_and_never_above_the_cap(
 
 @given(st.integers(min_value=1, max_value=200))
 def test_ceiling_never_decreases(attempt: int) -> None:
-    sut = Backoff()
+    sut = Backoff(initial=0.5, cap=30)
     assert sut.ceiling(attempt + 1) >= sut.ceiling(attempt)
 
 

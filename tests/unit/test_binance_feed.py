@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 
 from adapters.binance.connection import RECONNECT_REASONS, ConnectionLost, StreamConnection
-from adapters.binance.feed import BinanceTradeFeed, FeedTuning
+from adapters.binance.feed import BinanceTradeFeed
 from adapters.clock import SystemClock
 from adapters.metrics import RunStats
 from application.ports import Received
 from domain.backoff import Backoff
+from testkit.settings import settings
+
+DEFAULTS = settings()
 
 
 def frame(trade_id: int, symbol: str = "BTCUSDT") -> str:
@@ -67,7 +71,7 @@ async def test_a_frame_taken_while_the_buffer_is_full_is_not_lost_at_close() -> 
     sut = BinanceTradeFeed(
         "wss://stream.test/ws",
         ["BTCUSDT"],
-        FeedTuning(buffer_frames=2),
+        replace(DEFAULTS.feed_tuning(), buffer_frames=2),
         stats,
         SystemClock(),
         connect=connect,
@@ -119,7 +123,7 @@ async def test_reconnect_reasons_are_a_few_labels_whatever_the_error_text() -> N
     sut = BinanceTradeFeed(
         "wss://stream.test/ws",
         ["BTCUSDT"],
-        FeedTuning(backoff=Backoff(initial=0.001, cap=0.001)),
+        replace(DEFAULTS.feed_tuning(), backoff=Backoff(initial=0.001, cap=0.001)),
         stats,
         SystemClock(),
         connect=connect,
@@ -166,7 +170,7 @@ async def test_connections_replaced_while_nobody_reads_do_not_grow_the_buffer() 
     sut = BinanceTradeFeed(
         "wss://stream.test/ws",
         ["BTCUSDT"],
-        FeedTuning(buffer_frames=4),
+        replace(DEFAULTS.feed_tuning(), buffer_frames=4),
         stats,
         SystemClock(),
         connect=connect,

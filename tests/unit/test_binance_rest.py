@@ -7,9 +7,10 @@ import contextlib
 
 import orjson
 
-from adapters.binance.rest import BinanceRestClient, RestReply, RestTransport, RestTuning
+from adapters.binance.rest import BinanceRestClient, RestReply, RestTransport
 from application.ports import HistoryError
 from testkit.fakes import ManualClock
+from testkit.settings import settings
 
 HISTORY = orjson.dumps(
     [
@@ -52,7 +53,7 @@ class ScriptedTransport(RestTransport):
 
 def client(transport: ScriptedTransport, clock: ManualClock) -> BinanceRestClient:
     transport._clock = clock
-    return BinanceRestClient("https://api.test", RestTuning(), clock, transport)
+    return BinanceRestClient("https://api.test", settings().rest_tuning(), clock, transport)
 
 
 async def test_no_request_goes_out_while_a_429_asks_to_wait() -> None:

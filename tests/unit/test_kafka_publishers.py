@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,6 @@ from loguru import logger
 
 from adapters.clock import SystemClock
 from adapters.kafka.connection import KafkaConnection
-from adapters.kafka.producer import ProducerTuning
 from adapters.kafka.telemetry import EventProducer, KafkaEventPublisher
 from adapters.kafka.trades import BatchProducer, KafkaTradePublisher
 from adapters.metrics import RunStats
@@ -21,6 +21,7 @@ from domain.errors import BrokerUnavailableError, LoaderError
 from domain.messages import TelemetryEvent
 from domain.state import Status
 from testkit.factories import make_trades
+from testkit.settings import settings
 
 CONNECTION = KafkaConnection("broker.test:9092")
 
@@ -83,7 +84,7 @@ def publisher(producer: FakeProducer, **tuning: Any) -> KafkaTradePublisher:
         producer,
         TOPIC,
         CONNECTION,
-        ProducerTuning(linger_ms=0, **tuning),
+        replace(settings().producer_tuning(), linger_ms=0, **tuning),
         RunStats(),
         SystemClock(),
     )

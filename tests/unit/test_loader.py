@@ -27,6 +27,7 @@ from testkit.fakes import (
     InMemoryTradePublisher,
     ManualClock,
 )
+from testkit.settings import settings
 
 QUEUE = "wf-ws-trades-20240801-a1b2c3"
 
@@ -36,12 +37,9 @@ class World:
     """Every port's fake, and the config of the run."""
 
     config: LoaderConfig = field(
-        default_factory=lambda: LoaderConfig(
-            queue_id=QUEUE,
-            symbols=("BTCUSDT",),
-            data_type="ws_trade",
-            producer_id="loader-ws-trades__a1b2c3",
-        )
+        default_factory=lambda: settings(
+            QUEUE_ID=QUEUE, TELEMETRY_PRODUCER_ID="loader-ws-trades__a1b2c3"
+        ).loader_config()
     )
     clock: ManualClock = field(default_factory=ManualClock)
     feed: InMemoryTradeFeed = field(init=False)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from pydantic import AliasChoices
 
+from adapters.binance.feed import FeedTuning
+from adapters.binance.rest import RestTuning
+from adapters.kafka.producer import ProducerTuning
+from application.loader import LoaderConfig
 from entrypoints.cli import main
 from entrypoints.settings import Settings, SettingsError, load_settings
 
@@ -18,6 +24,7 @@ REQUIRED = {
     "KAFKA_TOPIC": "wf-ws-trades-20240801-a1b2c3-data",
     "TELEMETRY_PRODUCER_ID": "loader-ws-trades__a1b2c3",
 }
+PING_AND_CLOSE: Final = {"ping_interval", "ping_timeout", "close_timeout"}
 SECRET = "s3cr3t-Pa55w0rd-never-shown"  # noqa: S105 - a test value to search the output for
 
 
@@ -183,3 +190,40 @@ def test_the_readme_states_each_default() -> None:
             assert stated == f"`{info.default}`", f"{name}: {stated}"
         checked += 1
     assert checked >= 30
+
+
+def test_the_settings_in_effect_name_every_variable_and_mask_the_password(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("KAFKA_USER", "producer")
+    env.setenv("KAFKA_PASSWORD", SECRET)
+    env.setenv("SYMBOL", "btcusdt,ETHUSDT")
+    sut = load_settings().in_effect()
+    assert sut["KAFKA_PASSWORD_PRODUCER"] == "**********"  # noqa: S105 - the mask itself
+    assert SECRET not in str(sut)
+    assert sut["KAFKA_USER_PRODUCER"] == "producer"
+    assert sut["SYMBOL"] == "BTCUSDT,ETHUSDT"
+    assert sut["KAFKA_LINGER_MS"] == 5
+    assert sut["WS_BUFFER_FRAMES"] == 50_000
+    assert len(sut) == len(Settings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("tuning", "not_configurable"),
+    [
+        (ProducerTuning, set()),
+        (FeedTuning, {"batch_size", "attempts_window", "stable_after"} | PING_AND_CLOSE),
+        (RestTuning, {"request_timeout", "max_retry_wait"}),
+        (LoaderConfig, {"backfill_page_size"}),
+    ],
+)
+def test_only_the_settings_hold_defaults_of_what_is_configurable(
+    tuning: type[Any], not_configurable: set[str]
+) -> None:
+    with_defaults = {
+        item.name
+        for item in dataclasses.fields(tuning)
+        if item.default is not dataclasses.MISSING
+        or item.default_factory is not dataclasses.MISSING
+    }
+    assert with_defaults == not_configurable

@@ -8,7 +8,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -31,17 +31,22 @@ from domain.trade import Trade
 
 @dataclass(frozen=True, slots=True)
 class FeedTuning:
-    """Connection and buffering bounds of the feed."""
+    """Connection and buffering bounds of the feed.
 
-    buffer_frames: int = 200_000
+    The fields without a default come from the settings (``Settings.feed_tuning``), the one
+    place that holds their defaults; the others are not configurable.
+    """
+
+    buffer_frames: int
+    max_frame_bytes: int
+    open_timeout: float
+    backoff: Backoff
+    attempts_limit: int
+    unavailable_timeout: float
+    rotate_after: float
     batch_size: int = 4096
-    max_frame_bytes: int = 64 * 1024
-    open_timeout: float = 10.0
-    backoff: Backoff = field(default_factory=Backoff)
-    attempts_limit: int = 250
     attempts_window: float = 300.0
-    unavailable_timeout: float = 300.0
-    rotate_after: float = 23 * 3600.0
+    """Binance counts connection attempts per IP over five minutes."""
     stable_after: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0

@@ -22,13 +22,17 @@ HISTORY_WEIGHT = 25
 
 @dataclass(frozen=True, slots=True)
 class RestTuning:
-    """Request bounds for the exchange's REST API."""
+    """Request bounds for the exchange's REST API.
 
-    request_timeout: float = 10.0
-    unavailable_timeout: float = 60.0
-    max_retry_wait: float = 120.0
-    weight_budget: int = 4800
+    The fields without a default come from the settings (``Settings.rest_tuning``), the one
+    place that holds their defaults; the others are not configurable.
+    """
+
+    unavailable_timeout: float
+    weight_budget: int
     """Of Binance's 6000 request weight a minute per IP, what this loader may use."""
+    request_timeout: float = 10.0
+    max_retry_wait: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

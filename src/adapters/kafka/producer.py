@@ -21,15 +21,19 @@ from domain.errors import (
 
 @dataclass(frozen=True, slots=True)
 class ProducerTuning:
-    """Producer settings users tune; acks=all and idempotence are not among them."""
+    """Producer settings users tune; acks=all and idempotence are not among them.
 
-    linger_ms: int = 5
-    max_batch_bytes: int = 1024 * 1024
-    compression: str | None = None
-    request_timeout_ms: int = 30_000
-    max_in_flight_trades: int = 100_000
-    outage_timeout: float = 120.0
-    connect_timeout: float = 60.0
+    Every value comes from the settings (``Settings.producer_tuning``), the one place that
+    holds their defaults.
+    """
+
+    linger_ms: int
+    max_batch_bytes: int
+    compression: str | None
+    request_timeout_ms: int
+    max_in_flight_trades: int
+    outage_timeout: float
+    connect_timeout: float
 
 
 async def start_producer(
