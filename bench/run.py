@@ -63,6 +63,7 @@ from adapters.binance.connection import stream_url
 from adapters.clock import SystemClock
 from adapters.kafka.codec import encode_trade
 from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.health import BrokerHealth
 from adapters.kafka.metadata import topic_partitions
 from adapters.kafka.producer import start_producer, stop_producer
 from adapters.kafka.trades import KafkaTradePublisher
@@ -784,7 +785,8 @@ async def push(
     connection = KafkaConnection(bootstrap)
     tuning = DEFAULTS.producer_tuning()
     stats = RunStats()
-    producer = await start_producer(connection, tuning, stats)
+    health = BrokerHealth()
+    producer = await start_producer(connection, tuning, health)
     try:
         ordered = sorted(await producer.partitions_for(topic))
         partitioner = DefaultPartitioner()
@@ -792,7 +794,9 @@ async def push(
         keys = {symbol: symbol.encode() for symbol in symbols}
         partition_of = {s: partitioner(keys[s], ordered, ordered) for s in symbols}
         records = [(trade.symbol, encode_trade(trade)) for trade in trades]
-        publisher = KafkaTradePublisher(producer, topic, connection, tuning, stats, SystemClock())
+        publisher = KafkaTradePublisher(
+            producer, topic, connection, tuning, health, stats, SystemClock()
+        )
         await publisher.start(symbols)
         futures: list[asyncio.Future[Any]] = []
         wall = time.perf_counter()

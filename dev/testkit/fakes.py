@@ -167,6 +167,7 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
         self.in_topic: list[LastPublished] = []
         self.failure: LoaderError | None = None
         self.flushed = False
+        self.closed = False
         self.hold: asyncio.Event | None = None
         """While set to an unset event, each publish waits for it (a broker that is slow)."""
         self.hold_tail: asyncio.Event | None = None
@@ -203,6 +204,9 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
                 f"{len(self.published) - self._acked} trades not acknowledged"
             )
         self.flushed = True
+
+    async def close(self) -> None:
+        self.closed = True
 
     async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
         self.tail_asked = True

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import bisect
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client.core import (
@@ -53,7 +53,7 @@ class LatencyHistogram:
 
 
 class RunStats(LoaderMetrics):
-    """Counters of one run; adapters and the use case write, the collector reads."""
+    """Counters of one run; adapters and the use case write, only the collector reads."""
 
     def __init__(self) -> None:
         self.received: Counter[str] = Counter()
@@ -68,10 +68,7 @@ class RunStats(LoaderMetrics):
         self.exchange_lag: dict[str, float] = {}
         self.latency = LatencyHistogram()
         self.status: Status | None = None
-        self.queue_depth: Callable[[], int] = lambda: 0
         self.buffer_pauses = 0
-        self.feed_connected = False
-        self.broker_reachable = False
 
     # LoaderMetrics
 
@@ -91,12 +88,21 @@ class RunStats(LoaderMetrics):
         self.duplicates[symbol] += 1
 
 
-class RunStatsCollector(Collector):
-    """Exposes ``RunStats`` in the Prometheus text format."""
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """Gauges read from the adapters' own state at each scrape (never the other way round)."""
 
-    def __init__(self, stats: RunStats, clock: Callable[[], float] = time.time) -> None:
+    queue_depth: Callable[[], int]
+    feed_connected: Callable[[], bool]
+    broker_reachable: Callable[[], bool]
+
+
+class RunStatsCollector(Collector):
+    """Exposes ``RunStats`` and the ``Readings`` in the Prometheus text format."""
+
+    def __init__(self, stats: RunStats, readings: Readings) -> None:
         self._stats = stats
-        self._clock = clock
+        self._readings = readings
 
     def collect(self) -> Iterable[Metric]:
         stats = self._stats
@@ -149,7 +155,9 @@ class RunStatsCollector(Collector):
         yield lag
         yield _histogram(stats.latency)
         yield GaugeMetricFamily(
-            "loader_queue_depth", "Frames received and not yet processed", value=stats.queue_depth()
+            "loader_queue_depth",
+            "Frames received and not yet processed",
+            value=self._readings.queue_depth(),
         )
         yield CounterMetricFamily(
             "loader_receive_pauses",
@@ -161,12 +169,14 @@ class RunStatsCollector(Collector):
             state.add_metric([status.value], 1.0 if stats.status is status else 0.0)
         yield state
         yield GaugeMetricFamily(
-            "loader_feed_connected", "1 while connected to the exchange", value=stats.feed_connected
+            "loader_feed_connected",
+            "1 while connected to the exchange",
+            value=self._readings.feed_connected(),
         )
         yield GaugeMetricFamily(
             "loader_broker_reachable",
             "1 while the broker answers",
-            value=stats.broker_reachable,
+            value=self._readings.broker_reachable(),
         )
 
 
@@ -192,7 +202,7 @@ def _histogram(histogram: LatencyHistogram) -> Metric:
     return family
 
 
-def make_registry(stats: RunStats) -> CollectorRegistry:
+def make_registry(stats: RunStats, readings: Readings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunStatsCollector(stats))
+    registry.register(RunStatsCollector(stats, readings))
     return registry

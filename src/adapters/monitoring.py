@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-
-from adapters.metrics import RunStats
 
 HEARTBEAT_SECONDS = 1.0
 STALL_SECONDS = 10.0
@@ -20,10 +19,16 @@ STALL_SECONDS = 10.0
 class MonitoringServer:
     """``/metrics``; ``/healthz``: the event loop turns; ``/readyz``: exchange and broker up."""
 
-    def __init__(self, host: str, port: int, stats: RunStats, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], dict[str, bool]],
+    ) -> None:
         self._host = host
         self._port = port
-        self._stats = stats
+        self._ready = ready
         self._registry = registry
         self._runner: web.AppRunner | None = None
         self._beat = time.monotonic()
@@ -69,9 +74,6 @@ class MonitoringServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        checks = {
-            "exchange_connected": self._stats.feed_connected,
-            "broker_reachable": self._stats.broker_reachable,
-        }
+        checks = self._ready()
         status = 200 if all(checks.values()) else 503
         return web.json_response({"ready": status == 200, **checks}, status=status)

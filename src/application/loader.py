@@ -154,6 +154,7 @@ class TradeLoader:
         finally:
             control.cancel()
             await asyncio.gather(control, return_exceptions=True)
+            await self._publisher.close()
 
     async def _unless_ended(
         self, job: Awaitable[None], grace: Callable[[], float] | None = None

@@ -128,6 +128,10 @@ class TradePublisher(Protocol):
         """Trades the broker refused or dropped after they were handed over, by batch."""
         ...
 
+    async def close(self) -> None:
+        """Stop the publisher's own work; trades not flushed by then are abandoned."""
+        ...
+
 
 class TopicTail(Protocol):
     """What the trade topic already holds, from earlier runs."""

@@ -12,24 +12,34 @@ from adapters.binance.rest import BinanceRestClient
 from adapters.clock import SystemClock
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.control import KafkaControlChannel
+from adapters.kafka.health import BrokerHealth
 from adapters.kafka.producer import ProducerTuning, start_producer, stop_producer
 from adapters.kafka.tail import KafkaTopicTail
 from adapters.kafka.telemetry import KafkaEventPublisher
 from adapters.kafka.trades import KafkaTradePublisher
-from adapters.metrics import RunStats, make_registry
+from adapters.metrics import Readings, RunStats, make_registry
 from adapters.monitoring import MonitoringServer
 from application.loader import TradeLoader
 from entrypoints.settings import Settings
 
 
 async def monitoring_server(
-    settings: Settings, stats: RunStats
+    settings: Settings, stats: RunStats, feed: BinanceTradeFeed, health: BrokerHealth
 ) -> AsyncIterator[MonitoringServer | None]:
     if settings.metrics_port == 0:
         yield None
         return
+    readings = Readings(
+        queue_depth=feed.backlog,
+        feed_connected=feed.connected,
+        broker_reachable=lambda: health.reachable,
+    )
+
+    def ready() -> dict[str, bool]:
+        return {"exchange_connected": feed.connected(), "broker_reachable": health.reachable}
+
     server = MonitoringServer(
-        settings.metrics_host, settings.metrics_port, stats, make_registry(stats)
+        settings.metrics_host, settings.metrics_port, make_registry(stats, readings), ready
     )
     await server.start()
     try:
@@ -39,13 +49,13 @@ async def monitoring_server(
 
 
 async def kafka_producer(
-    connection: KafkaConnection, tuning: ProducerTuning, stats: RunStats, stop_timeout: float
+    connection: KafkaConnection, tuning: ProducerTuning, health: BrokerHealth, stop_timeout: float
 ) -> AsyncIterator[AIOKafkaProducer]:
-    producer = await start_producer(connection, tuning, stats)
+    producer = await start_producer(connection, tuning, health)
     try:
         yield producer
     finally:
-        await stop_producer(producer, stop_timeout if stats.broker_reachable else 1.0)
+        await stop_producer(producer, stop_timeout if health.reachable else 1.0)
 
 
 async def rest_client(settings: Settings, clock: SystemClock) -> AsyncIterator[BinanceRestClient]:
@@ -65,10 +75,19 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
     connection = providers.Singleton(settings.provided.kafka_connection.call())
     producer_tuning = providers.Singleton(settings.provided.producer_tuning.call())
+    health = providers.Singleton(BrokerHealth)
+    feed = providers.Singleton(
+        BinanceTradeFeed,
+        settings.provided.binance_ws_url,
+        settings.provided.symbols,
+        settings.provided.feed_tuning.call(),
+        stats,
+        clock,
+    )
 
-    monitoring = providers.Resource(monitoring_server, settings, stats)
+    monitoring = providers.Resource(monitoring_server, settings, stats, feed, health)
     # Stopping flushes nothing more (the use case flushed already), so a short bound suffices.
-    producer = providers.Resource(kafka_producer, connection, producer_tuning, stats, 5.0)
+    producer = providers.Resource(kafka_producer, connection, producer_tuning, health, 5.0)
     rest = providers.Resource(rest_client, settings, clock)
 
     trade_publisher = providers.Singleton(
@@ -77,6 +96,7 @@ class Container(containers.DeclarativeContainer):
         settings.provided.kafka_topic,
         connection,
         producer_tuning,
+        health,
         stats,
         clock,
     )
@@ -92,21 +112,13 @@ class Container(containers.DeclarativeContainer):
         settings.provided.queue_events_topic,
         connection,
         settings.provided.kafka_outage_timeout_sec,
-        stats,
+        health,
     )
     control = providers.Singleton(
         KafkaControlChannel,
         connection,
         settings.provided.queue_control_topic,
         settings.provided.kafka_connect_timeout_sec,
-    )
-    feed = providers.Singleton(
-        BinanceTradeFeed,
-        settings.provided.binance_ws_url,
-        settings.provided.symbols,
-        settings.provided.feed_tuning.call(),
-        stats,
-        clock,
     )
     loader = providers.Singleton(
         TradeLoader,

@@ -25,6 +25,7 @@ from adapters.binance.feed import BinanceTradeFeed
 from adapters.binance.rest import BinanceRestClient
 from adapters.kafka.codec import decode_event
 from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.health import BrokerHealth
 from adapters.kafka.telemetry import KafkaEventPublisher
 from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
@@ -268,8 +269,9 @@ class _World:
             connect=self._connector(number, result),
             rand=random.Random(f"{self.schedule.seed}:backoff:{number}").random,
         )
+        health = BrokerHealth()
         publisher = KafkaTradePublisher(
-            producer, TOPIC, connection, producer_tuning, stats, self.clock
+            producer, TOPIC, connection, producer_tuning, health, stats, self.clock
         )
         tail = SimTopicTail(self.broker, TOPIC, setup.knob("world", "tail_latency", 0.001))
         # One client for both ports, as the container builds it: they share the rate limits.
@@ -282,7 +284,7 @@ class _World:
             publisher=publisher,
             tail=tail,
             events=KafkaEventPublisher(
-                producer, EVENTS_TOPIC, connection, producer_tuning.outage_timeout, stats
+                producer, EVENTS_TOPIC, connection, producer_tuning.outage_timeout, health
             ),
             control=SimControlChannel(
                 self.control,
@@ -297,7 +299,7 @@ class _World:
         for event in events:
             if event.at <= 0 and event.kind == "stop":
                 self._apply(event, result, loader)
-        process = asyncio.create_task(self._process(number, loader, result))
+        process = asyncio.create_task(self._process(number, loader, result, health))
         driver = asyncio.create_task(self._drive(events, result, loader, process))
         monitor = asyncio.create_task(self._monitor(result, feed, publisher))
         last = max((e.at for e in events), default=0.0)
@@ -332,11 +334,13 @@ class _World:
 
         return first_noted
 
-    async def _process(self, number: int, loader: TradeLoader, result: RunResult) -> None:
+    async def _process(
+        self, number: int, loader: TradeLoader, result: RunResult, health: BrokerHealth
+    ) -> None:
         _RUN.set(number)
         # Start-up: the producer and the other clients connect before the use case runs.
         await asyncio.sleep(self.setup.knob("world", "startup", 0.05))
-        result.stats.broker_reachable = True  # as the producer's start reports it
+        health.reachable = True  # as the producer's start reports it
         result.outcome = await loader.run()
         result.ended = self.loop.time()
 

@@ -14,6 +14,7 @@ from loguru import logger
 
 from adapters.clock import SystemClock
 from adapters.kafka.connection import KafkaConnection
+from adapters.kafka.health import BrokerHealth
 from adapters.kafka.telemetry import EventProducer, KafkaEventPublisher
 from adapters.kafka.trades import BatchProducer, KafkaTradePublisher
 from adapters.metrics import RunStats
@@ -85,6 +86,7 @@ def publisher(producer: FakeProducer, **tuning: Any) -> KafkaTradePublisher:
         TOPIC,
         CONNECTION,
         replace(settings().producer_tuning(), linger_ms=0, **tuning),
+        BrokerHealth(),
         RunStats(),
         SystemClock(),
     )
@@ -159,9 +161,9 @@ async def test_no_batch_is_sent_after_one_failed() -> None:
 async def test_an_event_waits_no_longer_than_it_is_told() -> None:
     producer = FakeProducer()
     producer.events_hang = True
-    stats = RunStats()
-    stats.broker_reachable = True
-    sut = KafkaEventPublisher(producer, "events", CONNECTION, 120.0, stats)
+    health = BrokerHealth()
+    health.reachable = True
+    sut = KafkaEventPublisher(producer, "events", CONNECTION, 120.0, health)
     with pytest.raises(BrokerUnavailableError, match=r"within 0\.05 s"):
         await asyncio.wait_for(sut.publish(event(Status.INTERRUPTED), 0.05), 5.0)
 
@@ -181,3 +183,15 @@ async def test_every_batch_lost_is_told_by_its_trades_even_after_the_first(
     await asyncio.sleep(0)
     assert [(g.first_id, g.last_id) for g in sut.unwritten()] == [(1, 1), (2, 2)]
     assert any("BTCUSDT trades 2..2 (1) were not written" in line for line in caplog_loguru)
+
+
+async def test_close_ends_the_shipper_it_started_and_leaves_no_task_behind() -> None:
+    producer = FakeProducer()
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    shippers = [task for task in asyncio.all_tasks() if task.get_name() == "kafka-shipper"]
+    assert len(shippers) == 1
+    await sut.close()
+    assert shippers[0].done()
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "kafka-shipper"]
+    await sut.close()  # a second close is harmless

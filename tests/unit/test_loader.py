@@ -125,6 +125,7 @@ async def test_a_bound_on_records_publishes_exactly_that_many_and_finishes(world
     assert world.events.events[-1].records_written == 3
     assert "STOP_AFTER_RECORDS=3" in world.events.events[-1].message
     assert world.publisher.flushed
+    assert world.publisher.closed
     assert_contract_sequence(world, outcome)
 
 

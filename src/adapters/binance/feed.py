@@ -123,10 +123,16 @@ class BinanceTradeFeed(TradeFeed):
         self._room = asyncio.Event()
         self._resume_at = max(1, tuning.buffer_frames * 3 // 4)
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
-        stats.queue_depth = lambda: len(self._buffer)
+        self._connected = False
+        self._shutting: set[asyncio.Task[None]] = set()
+        """Replaced connections being closed, awaited by ``close``."""
 
     def backlog(self) -> int:
         return len(self._buffer)
+
+    def connected(self) -> bool:
+        """Whether a connection to the exchange is open now."""
+        return self._connected
 
     async def open(self) -> None:
         if self._supervisor is None:
@@ -142,8 +148,10 @@ class BinanceTradeFeed(TradeFeed):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await asyncio.gather(*(self._shut(link) for link in list(self._links)))
-        self._stats.feed_connected = False
+        await asyncio.gather(
+            *(self._shut(link) for link in list(self._links)), *list(self._shutting)
+        )
+        self._connected = False
         self._arrived.set()
 
     async def next_batch(self) -> Sequence[FeedItem]:
@@ -224,7 +232,9 @@ class BinanceTradeFeed(TradeFeed):
             previous, current = current, link
             if previous is not None:
                 # A planned replacement: the new connection is open, the old one can go.
-                asyncio.create_task(self._shut(previous))  # noqa: RUF006 - tracked in _links
+                shutting = asyncio.create_task(self._shut(previous), name="feed-shut")
+                self._shutting.add(shutting)
+                shutting.add_done_callback(self._shutting.discard)
             if self._connections > 1 and not self._marked:
                 # The old connection may have missed trades (it went silent, or closed before
                 # the new one opened): the use case checks history; overlaps are dropped by id.
@@ -234,11 +244,11 @@ class BinanceTradeFeed(TradeFeed):
                 self._marked = True
                 self._arrived.set()
             link.reader = asyncio.create_task(self._read(link), name=f"feed-reader-{link.number}")
-            self._stats.feed_connected = True
+            self._connected = True
             reason, lost = await self._hold(link)
             if lost:
                 current = None
-                self._stats.feed_connected = False
+                self._connected = False
                 self._stats.reconnects[reconnect_reason(reason)] += 1
                 healthy = link.frames > 0 or (
                     self._clock.monotonic() - link.opened_at >= self._tuning.stable_after

@@ -13,7 +13,7 @@ from loguru import logger
 
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.errors import classify_kafka_error, diagnose
-from adapters.metrics import RunStats
+from adapters.kafka.health import BrokerHealth
 from domain.errors import (
     BrokerUnavailableError,
 )
@@ -37,7 +37,7 @@ class ProducerTuning:
 
 
 async def start_producer(
-    connection: KafkaConnection, tuning: ProducerTuning, stats: RunStats
+    connection: KafkaConnection, tuning: ProducerTuning, health: BrokerHealth
 ) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer, started within ``tuning.connect_timeout``."""
     deadline = time.monotonic() + tuning.connect_timeout
@@ -71,7 +71,7 @@ async def start_producer(
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
             continue
-        stats.broker_reachable = True
+        health.reachable = True
         logger.info("Connected to Kafka at {who}", who=connection.who)
         return producer
 

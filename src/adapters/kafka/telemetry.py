@@ -12,7 +12,7 @@ from adapters.kafka.codec import (
 )
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.errors import classify_kafka_error
-from adapters.metrics import RunStats
+from adapters.kafka.health import BrokerHealth
 from application.ports import (
     EventPublisher,
 )
@@ -39,19 +39,19 @@ class KafkaEventPublisher(EventPublisher):
         topic: str,
         connection: KafkaConnection,
         timeout: float,
-        stats: RunStats,
+        health: BrokerHealth,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._connection = connection
         self._timeout = timeout
-        self._stats = stats
+        self._health = health
         self._unacknowledged = False
 
     async def publish(self, event: TelemetryEvent, timeout: float | None = None) -> None:
         # Once the broker is known to be away, the event (the terminal one, as the run ends)
         # gets a short bound: the run must not wait out the outage bound a second time.
-        known_down = self._unacknowledged or not self._stats.broker_reachable
+        known_down = self._unacknowledged or not self._health.reachable
         limit = min(self._timeout, 3.0) if known_down else self._timeout
         if timeout is not None:
             limit = min(limit, timeout)
@@ -65,7 +65,7 @@ class KafkaEventPublisher(EventPublisher):
             self._unacknowledged = False
         except TimeoutError:
             self._unacknowledged = True
-            self._stats.broker_reachable = False
+            self._health.reachable = False
             raise BrokerUnavailableError(
                 f"Kafka did not acknowledge a telemetry event within {limit:g} s "
                 f"at {self._connection.who}"

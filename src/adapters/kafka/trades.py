@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
@@ -17,6 +18,7 @@ from adapters.kafka.codec import (
 )
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.errors import classify_kafka_error
+from adapters.kafka.health import BrokerHealth
 from adapters.kafka.metadata import partition_for
 from adapters.kafka.producer import ProducerTuning
 from adapters.metrics import RunStats
@@ -83,6 +85,7 @@ class KafkaTradePublisher(TradePublisher):
         topic: str,
         connection: KafkaConnection,
         tuning: ProducerTuning,
+        health: BrokerHealth,
         stats: RunStats,
         clock: Clock,
     ) -> None:
@@ -90,6 +93,7 @@ class KafkaTradePublisher(TradePublisher):
         self._topic = topic
         self._connection = connection
         self._tuning = tuning
+        self._health = health
         self._stats = stats
         self._clock = clock
         self._linger = tuning.linger_ms / 1000
@@ -226,8 +230,7 @@ class KafkaTradePublisher(TradePublisher):
         now = self._clock.monotonic()
         self._acked += count
         self._last_progress = now
-        if not self._stats.broker_reachable:
-            self._stats.broker_reachable = True
+        self._health.reachable = True
         self._stats.published[batch.symbol] += count
         observe = self._stats.latency.observe
         for received_at in batch.received:
@@ -258,6 +261,14 @@ class KafkaTradePublisher(TradePublisher):
     def unwritten(self) -> Sequence[Gap]:
         return list(self._unwritten)
 
+    async def close(self) -> None:
+        """Stop the shipper; batches it already handed to the producer are the producer's."""
+        shipper, self._shipper = self._shipper, None
+        if shipper is not None:
+            shipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipper
+
     async def flush(self, timeout: float) -> None:
         for batch in list(self._open.values()):
             self._seal(batch)
@@ -274,7 +285,7 @@ class KafkaTradePublisher(TradePublisher):
     def _check_outage(self) -> None:
         silent = self._clock.monotonic() - self._last_progress
         if silent > self._tuning.outage_timeout:
-            self._stats.broker_reachable = False
+            self._health.reachable = False
             raise BrokerUnavailableError(
                 f"Kafka has not acknowledged trades for {silent:.0f} s "
                 f"(KAFKA_OUTAGE_TIMEOUT_SEC={self._tuning.outage_timeout:g}) "
@@ -290,12 +301,12 @@ class KafkaTradePublisher(TradePublisher):
             try:
                 await asyncio.wait_for(event.wait(), max(0.05, min(remaining, 1.0)))
             except TimeoutError:
-                self._stats.broker_reachable = False
+                self._health.reachable = False
                 self._check_outage()
                 logger.warning(
                     "Waiting for Kafka: {what} ({n} pending)", what=what, n=self._pending
                 )
             else:
-                self._stats.broker_reachable = True
+                self._health.reachable = True
         if self._failure is not None:
             raise self._failure
