@@ -1,4 +1,11 @@
-"""The loader use case: stream every trade of the configured symbols into the trade topic."""
+"""The loader use case: stream every trade of the configured symbols into the trade topic.
+
+One run's life is here: announce, prepare and resume, stream, stop, end; gap recovery is in
+``backfill`` and the silence watchdog in ``silence``. It stays one module of about 500 lines
+because the rules of how a run ends span every phase (the first reason stands unless received
+trades were lost; one stop budget bounds draining, flushing and the last event together), and
+split further they would be spread over modules that each hold part of the ending's state.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,13 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from application.backfill import Backfill
+from application.config import LoaderConfig
 from application.ports import (
     Clock,
     ControlChannel,
     EventPublisher,
     FeedItem,
-    HistoryError,
     LoaderMetrics,
     Received,
     Reconnected,
@@ -24,6 +32,7 @@ from application.ports import (
     TradeHistory,
     TradePublisher,
 )
+from application.silence import SilenceWatch
 from domain.errors import (
     BrokerUnavailableError,
     ExchangeUnavailableError,
@@ -35,33 +44,8 @@ from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
 from domain.trade import Trade
 
-HISTORY_PATIENCE = 6.0
-"""How long a gap before a received trade waits for history to reach it (which lags the
-stream) before it is reported as unrecoverable."""
 TERMINAL_EVENT_SECONDS = 3.0
 """What the last event may take beyond the drain bound: a stop then ends within both."""
-READER_CATCH_UP_SECONDS = 1.0
-"""How long a reader no longer paused may take to read what waited in the socket."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoaderConfig:
-    """What one run loads and how it behaves; built from the settings by the entrypoint, which
-    hold the defaults of every field but ``backfill_page_size`` (Binance's largest page)."""
-
-    queue_id: str
-    symbols: tuple[str, ...]
-    data_type: str
-    producer_id: str
-    telemetry_interval: float
-    stop_after_records: int | None
-    stop_after_seconds: float | None
-    drain_timeout: float
-    backfill_max_trades: int
-    backfill_max_age: float
-    resume_window: float
-    silence_timeout: float
-    backfill_page_size: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +97,6 @@ class TradeLoader:
         self._handed = 0
         self._ending: _Ending | None = None
         self._ended = asyncio.Event()
-        self._last_seen: dict[str, float] = {}
-        self._streaming_since = 0.0
         self._broker_failed = False
         self._stopping_since = 0.0
         self._ended_at_ms = float("inf")
@@ -123,7 +105,9 @@ class TradeLoader:
         """Items of the feed's current batch the pump has not reached yet."""
         self._horizon = 0.0
         """When the newest live trade the pump has reached was received."""
-        self._silence_baseline: dict[str, int | None] = {}
+        self._backfill = Backfill(config, history, self._sequencer, clock, metrics, self)
+        self._silence = SilenceWatch(config, history, feed, self._sequencer, clock, self._behind)
+        self._last_seen = self._silence.last_seen
 
     @property
     def state(self) -> LoaderState:
@@ -219,12 +203,13 @@ class TradeLoader:
     # The streaming phase.
 
     async def _stream(self) -> None:
-        self._streaming_since = self._horizon = self._clock.monotonic()
+        self._horizon = self._clock.monotonic()
+        self._silence.start(self._horizon)
         await self._feed.open()
         pump = asyncio.create_task(self._pump(), name="pump")
         helpers = [
             asyncio.create_task(self._watch(self._tick), name="telemetry"),
-            asyncio.create_task(self._watch(self._watch_silence), name="silence"),
+            asyncio.create_task(self._watch(self._silence.run), name="silence"),
         ]
         if self._config.stop_after_seconds is not None:
             helpers.append(asyncio.create_task(self._watch(self._time_bound), name="time-bound"))
@@ -305,11 +290,11 @@ class TradeLoader:
             for index, item in enumerate(batch):
                 self._unprocessed -= 1
                 if isinstance(item, Reconnected):
-                    await self._catch_up(item.reason)
+                    await self._backfill.catch_up(item.reason)
                 else:
                     self._horizon = item.received_at
                     await self._take(item.trade, item.received_at, batch, index)
-                if self._over_limit():
+                if self.over_limit():
                     self._end(
                         Status.FINISHED,
                         f"Reached STOP_AFTER_RECORDS={self._config.stop_after_records}",
@@ -327,10 +312,10 @@ class TradeLoader:
         if verdict is Verdict.GAP:
             gap = await self._from_batch(trade, batch, index)
             if gap is not None:
-                await self._fill(gap, trade.timestamp)
-            if self._over_limit():
+                await self._backfill.fill(gap, trade.timestamp)
+            if self.over_limit():
                 return
-        await self._hand(trade, received_at)
+        await self.hand(trade, received_at)
 
     async def _from_batch(self, trade: Trade, batch: Sequence[FeedItem], index: int) -> Gap | None:
         """Hand the missing trades found further on in the batch; what is still missing.
@@ -351,149 +336,32 @@ class TradeLoader:
             ):
                 ahead.setdefault(item.trade.trade_id, item)
         next_id = gap.first_id
-        while next_id in ahead and not self._over_limit():
-            await self._hand(ahead[next_id].trade, ahead[next_id].received_at)
+        while next_id in ahead and not self.over_limit():
+            await self.hand(ahead[next_id].trade, ahead[next_id].received_at)
             next_id += 1
         if next_id > gap.last_id:
             return None
         return Gap(gap.symbol, next_id, gap.last_id)
 
-    async def _hand(self, trade: Trade, received_at: float) -> None:
+    async def hand(self, trade: Trade, received_at: float) -> None:
         self._sequencer.accept(trade.symbol, trade.trade_id)
         self._last_seen[trade.symbol] = received_at
         self._handed += 1
         await self._publisher.publish(trade, received_at)
 
-    def _over_limit(self) -> bool:
+    def over_limit(self) -> bool:
         limit = self._config.stop_after_records
         return limit is not None and self._handed >= limit
 
-    # Gap filling from the exchange's history.
+    # What the backfill is told of the run (``backfill.Run``).
 
-    async def _fill(self, gap: Gap, newest_time: int) -> None:
-        self._metrics.gap(gap)
-        logger.warning(
-            "Gap in {symbol}: trades {first}..{last} ({size}) missing from the live stream",
-            symbol=gap.symbol,
-            first=gap.first_id,
-            last=gap.last_id,
-            size=gap.size,
-        )
-        refusal = self._refuse_fill(gap)
-        if refusal is not None:
-            await self._unrecoverable(gap, refusal)
-            return
-        await self._recover(gap.symbol, gap.first_id, gap.last_id, newest_time)
+    def stopping(self) -> bool:
+        return self._ending is not None
 
-    def _refuse_fill(self, gap: Gap) -> str | None:
-        if gap.size > self._config.backfill_max_trades:
-            return f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
-        return None
+    def stopped_at_ms(self) -> float:
+        return self._ended_at_ms
 
-    async def _catch_up(self, reason: str) -> None:
-        """After a reconnect, publish from history what the old connection missed."""
-        for symbol in self._config.symbols:
-            last = self._sequencer.last(symbol)
-            if last is not None:
-                logger.info(
-                    "Reconnected ({reason}): catching up {symbol} from trade {first}",
-                    reason=reason,
-                    symbol=symbol,
-                    first=last + 1,
-                )
-                await self._recover(symbol, last + 1, None)
-
-    async def _recover(
-        self, symbol: str, first_id: int, last_id: int | None, newest_time: int | None = None
-    ) -> None:
-        """Publish history trades ``first_id..last_id`` (to the newest when ``last_id`` is None).
-
-        Trades more than ``backfill_max_age`` older than ``newest_time`` (exchange time of the
-        trade that revealed the gap) are reported instead of published.
-        """
-        page_size = self._config.backfill_page_size
-        budget = self._config.backfill_max_trades
-        oldest = None if newest_time is None else newest_time - self._config.backfill_max_age * 1000
-        next_id = first_id
-        recovered = 0
-        stale_from: int | None = None
-        patience, pause = HISTORY_PATIENCE, 0.1
-        while (last_id is None or next_id <= last_id) and recovered < budget:
-            if self._over_limit():
-                break
-            if last_id is None and self._ending is not None:
-                # A stop ends reading the exchange: no catching up with trades that came after
-                # it. Gaps before trades already received are still closed (``last_id`` set).
-                break
-            want = page_size if last_id is None else min(page_size, last_id - next_id + 1)
-            try:
-                page = await self._history.trades_from(symbol, next_id, want)
-            except HistoryError as error:
-                if last_id is not None:
-                    await self._unrecoverable(Gap(symbol, next_id, last_id), str(error))
-                    next_id = last_id + 1  # accounted for
-                else:
-                    logger.warning(
-                        "Catch-up of {symbol} from history failed: {error}",
-                        symbol=symbol,
-                        error=str(error),
-                    )
-                break
-            now = self._clock.monotonic()
-            start = next_id
-            for trade in page:
-                if trade.trade_id < next_id:
-                    continue
-                if (last_id is not None and trade.trade_id > last_id) or self._over_limit():
-                    break
-                if last_id is None and trade.timestamp > self._ended_at_ms:
-                    break  # made after the stop: reading the exchange had ended
-                if oldest is not None and trade.timestamp < oldest:
-                    stale_from = trade.trade_id if stale_from is None else stale_from
-                    next_id = trade.trade_id + 1
-                    continue
-                if stale_from is not None:
-                    await self._too_old(Gap(symbol, stale_from, trade.trade_id - 1))
-                    stale_from = None
-                if trade.trade_id > next_id:
-                    await self._unrecoverable(
-                        Gap(symbol, next_id, trade.trade_id - 1), "missing from history too"
-                    )
-                await self._hand(trade, now)
-                recovered += 1
-                next_id = trade.trade_id + 1
-            if len(page) < want or next_id == start:
-                if last_id is not None and next_id <= last_id and patience > 0:
-                    # Trades after these were received, so these exist: history lags the
-                    # stream. Ask again a little later rather than give them up.
-                    await self._clock.sleep(min(pause, patience))
-                    patience -= pause
-                    pause *= 2
-                    continue
-                break
-        if stale_from is not None:
-            await self._too_old(Gap(symbol, stale_from, next_id - 1))
-        if last_id is not None and next_id <= last_id and not self._over_limit():
-            await self._unrecoverable(Gap(symbol, next_id, last_id), "history does not reach them")
-        if recovered:
-            self._metrics.backfilled(symbol, recovered)
-            logger.info(
-                "Backfilled {count} {symbol} trades from history",
-                count=recovered,
-                symbol=symbol,
-            )
-
-    async def _too_old(self, gap: Gap) -> None:
-        reason = f"older than BACKFILL_MAX_AGE_SEC={self._config.backfill_max_age:g}"
-        await self._unrecoverable(gap, reason)
-
-    async def _unrecoverable(self, gap: Gap, reason: str) -> None:
-        self._metrics.unrecoverable(gap.symbol, gap.size)
-        message = (
-            f"Gap in {gap.symbol}: trades {gap.first_id}..{gap.last_id} ({gap.size}) "
-            f"could not be recovered: {reason}"
-        )
-        logger.error(message)
+    async def tell(self, message: str) -> None:
         self._sync_records()
         await self._announce(self._state.loading(message))
 
@@ -528,62 +396,10 @@ class TradeLoader:
         await self._clock.sleep(seconds)
         self._end(Status.FINISHED, f"Reached STOP_AFTER_SECONDS={seconds:g}", 0)
 
-    async def _watch_silence(self) -> None:
-        """Reconnect when a symbol's stream is silent while the exchange shows newer trades."""
-        timeout = self._config.silence_timeout
-        while True:
-            await self._clock.sleep(timeout / 2)
-            now = self._clock.monotonic()
-            if self._behind(now - timeout / 2):
-                # Trades wait to be processed: nothing can be told about silence until then.
-                continue
-            for symbol in self._config.symbols:
-                if now - self._last_seen.get(symbol, self._streaming_since) < timeout:
-                    continue
-                # Looked at now; a quiet market is looked at again only after another timeout.
-                self._last_seen[symbol] = now
-                if await self._missed_trades(symbol, timeout / 2):
-                    logger.warning(
-                        "No {symbol} trade received for {timeout:g} s while the exchange shows "
-                        "newer ones: reconnecting",
-                        timeout=timeout,
-                        symbol=symbol,
-                    )
-                    self._feed.reconnect("silent stream")
-                    break
-
     def _behind(self, moment: float) -> bool:
         """Whether items received before ``moment`` may still wait to be processed."""
         waiting = self._unprocessed or self._feed.backlog()
         return bool(waiting) and self._horizon < moment
-
-    async def _missed_trades(self, symbol: str, patience: float) -> bool:
-        """Whether the exchange executed trades of ``symbol`` that the stream did not bring."""
-        asked = self._clock.monotonic()
-        try:
-            newest = await self._history.latest_trade_id(symbol)
-        except HistoryError as error:
-            logger.warning("Could not check {symbol} for silence: {e}", symbol=symbol, e=error)
-            return False
-        # What was received before the answer may still wait its turn: judge once the pump
-        # has reached it, or not at all.
-        answered = self._clock.monotonic()
-        deadline = answered + patience
-        while self._behind(answered):
-            if self._clock.monotonic() >= deadline:
-                return False
-            await self._clock.sleep(0.05)
-        if self._feed.paused_until() >= asked - READER_CATCH_UP_SECONDS:
-            # A full buffer paused reading: what the exchange sent meanwhile is still in the
-            # socket, unseen. Looked at again after another timeout.
-            return False
-        last = self._sequencer.last(symbol)
-        if last is not None:
-            return newest is not None and newest > last
-        # Nothing received yet: only trades newer than the first look count (a symbol that is
-        # listed but halted still has old trades in its history).
-        baseline = self._silence_baseline.setdefault(symbol, newest)
-        return newest is not None and (baseline is None or newest > baseline)
 
     # Ending.
 

@@ -1,4 +1,9 @@
-"""All configuration, from environment variables, validated before anything connects."""
+"""All configuration, from environment variables, validated before anything connects.
+
+The one source of every default: each variable is declared once here (hence the module's
+length, about 450 lines, most of them declarations), and the adapters' tuning objects are made
+from these values.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from adapters.binance.feed import FeedTuning
 from adapters.binance.rest import RestTuning
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.producer import ProducerTuning
-from application.loader import LoaderConfig
+from application.config import LoaderConfig
 from domain.backoff import Backoff
 
 SYMBOL_PATTERN: Final = re.compile(r"[A-Z0-9]{2,30}")

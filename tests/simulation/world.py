@@ -29,7 +29,8 @@ from adapters.kafka.health import BrokerHealth
 from adapters.kafka.telemetry import KafkaEventPublisher
 from adapters.kafka.trades import KafkaTradePublisher
 from adapters.metrics import RunStats
-from application.loader import LoaderConfig, Outcome, TradeLoader
+from application.config import LoaderConfig
+from application.loader import Outcome, TradeLoader
 from domain.backoff import Backoff
 from domain.messages import ControlCommand, TelemetryEvent
 from simulation.broker import SimBroker, SimControlChannel, SimControlTopic, SimTopicTail

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from adapters.metrics import RunStats
-from application.loader import TERMINAL_EVENT_SECONDS, LoaderConfig, Outcome, TradeLoader
+from application.config import LoaderConfig
+from application.loader import TERMINAL_EVENT_SECONDS, Outcome, TradeLoader
 from application.ports import LastPublished
 from domain.errors import (
     BrokerAuthorizationError,

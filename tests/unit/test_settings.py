@@ -13,7 +13,7 @@ from pydantic import AliasChoices
 from adapters.binance.feed import FeedTuning
 from adapters.binance.rest import RestTuning
 from adapters.kafka.producer import ProducerTuning
-from application.loader import LoaderConfig
+from application.config import LoaderConfig
 from entrypoints.cli import main
 from entrypoints.settings import Settings, SettingsError, load_settings
 

@@ -1,4 +1,9 @@
-"""Binance's live trade stream over WebSocket: reconnecting, rotating, never blocking the reader."""
+"""Binance's live trade stream over WebSocket: reconnecting, rotating, never blocking the reader.
+
+One connection's mechanics are in ``connection``; what stays here (about 400 lines) is the
+supervisor, the readers and the bounded buffer they share, which pause and resume each other
+and are kept together for that reason.
+"""
 
 from __future__ import annotations
 
