@@ -62,7 +62,7 @@ demo: venv kafka-up sim-build ## run the loader on the local broker and simulato
 	$(BIN)/python testbed/demo.py
 
 bench: venv kafka-up sim-build ## end-to-end throughput, latency and hot-path benchmarks
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean: ## stop the broker and remove the venv and local state
 	-bash testbed/kafka/kafka.sh down

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from testkit.kafka_broker import BrokerEnv
+from testkit.logs import json_lines
 from testkit.simulator import Simulator
 from testkit.topics import TopicSet
 
@@ -70,11 +69,7 @@ class LoaderProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.output().splitlines():
-            if line.startswith("{"):
-                lines.append(orjson.loads(line))
-        return lines
+        return json_lines(self.output())
 
 
 def loader_env(

@@ -1,0 +1,33 @@
+"""Loopback networking for tests: free ports and plain HTTP requests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.error
+import urllib.request
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def fetch(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """The status and body of ``url``, an error status included (``/readyz`` answers 503);
+    raises ``OSError`` when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            body: bytes = response.read()
+            return response.status, body.decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def http_get(url: str, timeout: float = 10.0) -> str:
+    """The body of ``url`` (whatever its status), without blocking the event loop."""
+    _, body = await asyncio.to_thread(fetch, url, timeout)
+    return body
