@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml dev/pyproject.toml requirements/dev.lock
 
 venv: $(STAMP) ## create .venv with the locked dependencies and the project
 
+# The repeated-code check (six lines or more, .jscpd.json), pinned by its npm lock file.
+JSCPD := dev/jscpd/node_modules/.bin/jscpd
+$(JSCPD): dev/jscpd/package.json dev/jscpd/package-lock.json
+	npm ci --prefix dev/jscpd --silent --no-audit --no-fund
+	touch $(JSCPD)
+
 kafka-up: ## start the local Kafka broker (PLAINTEXT and SASL_SSL+SCRAM) in the background
 	bash testbed/kafka/kafka.sh up
 
@@ -37,10 +43,11 @@ START ?= 0
 simulate: venv ## seeded whole-run simulations: SEEDS=n schedules from START, or SEED=s to replay one
 	cd tests && ../$(BIN)/python -m simulation $(if $(SEED),--seed $(SEED) --logs,--seeds $(SEEDS) --start $(START))
 
-lint: venv ## ruff, formatting, mypy (strict) and the import-layer contract
+lint: venv $(JSCPD) ## ruff, formatting, mypy (strict), repeated code (jscpd), the import-layer contract
 	$(BIN)/ruff check src tests dev testbed bench
 	$(BIN)/ruff format --check src tests dev testbed bench
 	$(BIN)/mypy src tests dev testbed bench
+	$(JSCPD) src tests dev bench testbed
 	$(BIN)/lint-imports --no-cache
 	bash testbed/deploy_check.sh
 

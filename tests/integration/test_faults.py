@@ -42,6 +42,11 @@ class FaultMatrix:
             }
         )
 
+    def verify(self, fault: str, produced: int, ids: list[int], first: int, recover: str) -> None:
+        """Record the row, then fail unless the topic holds exactly ``first`` .. the last id."""
+        self.record(fault, produced, ids, first, recover)
+        assert_exact_range(ids, first, produced)
+
     def write(self, path: Path) -> None:
         lines = [
             "| fault | trades the exchange produced | trades in Kafka | missing | duplicated "
@@ -73,9 +78,41 @@ def own_broker() -> Iterator[LocalBroker]:
     broker.down()
 
 
+def synthetic(
+    simulator: Callable[..., Simulator], seed: int, rate: int, count: int | None = None, *more: str
+) -> Simulator:
+    """The simulator with one synthetic market of ``SYMBOL`` (``count`` trades, or endless)."""
+    bounded = ["--count", str(count)] if count is not None else []
+    return simulator(
+        "--market", f"{SYMBOL}=synthetic:seed={seed}", "--rate", str(rate), *bounded, *more
+    )
+
+
+async def on_own_broker(
+    own_broker: LocalBroker,
+    simulator: Callable[..., Simulator],
+    name: str,
+    *,
+    seed: int,
+    rate: int,
+    count: int,
+) -> tuple[BrokerEnv, TopicSet, Simulator]:
+    """Fresh topics on the tests' own broker, and a market of ``count`` trades."""
+    env = own_broker.env
+    return env, await TopicSet.created(env.plaintext, name), synthetic(simulator, seed, rate, count)
+
+
 def market(sim: Simulator) -> dict[str, Any]:
     state: dict[str, Any] = sim.state()["markets"][SYMBOL]
     return state
+
+
+async def caught_up(bootstrap: str, topics: TopicSet, sim: Simulator, since: float) -> float:
+    """Wait until the topic holds every trade the market produced by now; seconds from
+    ``since`` until it did."""
+    produced = market(sim)["produced"]
+    await read_all(bootstrap, topics.data, until=lambda r: len(r) >= produced, timeout=120)
+    return time.monotonic() - since
 
 
 def assert_exact_range(ids: list[int], first: int, count: int) -> None:
@@ -146,16 +183,13 @@ async def test_exchange_faults_lose_and_duplicate_nothing(
     extra: dict[str, str],
 ) -> None:
     count = 8000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=21", "--rate", "1000", "--count", str(count), *faults
-    )
+    sim = synthetic(simulator, 21, 1000, count, *faults)
     process = await loader(loader_env(broker, topics, sim, **extra)).start()
     ids, lag = await complete_run(broker.plaintext, topics, sim, process, count)
     state = market(sim)
-    assert_exact_range(ids, state["first_id"], count)
     connections = sim.state()["connections"]
     assert connections["accepted"] >= 2, "the fault never hit"
-    matrix.record(
+    matrix.verify(
         fault,
         count,
         ids,
@@ -172,10 +206,7 @@ async def test_a_flapping_endpoint_is_not_hammered(
     matrix: FaultMatrix,
 ) -> None:
     count = 3000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=22", "--rate", "1000", "--count", str(count),
-        "--flap", "5", "--start", "admin",
-    )  # fmt: skip
+    sim = synthetic(simulator, 22, 1000, count, "--flap", "5", "--start", "admin")
     env = loader_env(
         broker, topics, sim, RECONNECT_INITIAL_DELAY_SEC="0.2", RECONNECT_MAX_DELAY_SEC="5"
     )
@@ -191,8 +222,7 @@ async def test_a_flapping_endpoint_is_not_hammered(
     # at least 3.1 s in all before the sixth attempt, which is the one that holds.
     assert connected >= 3.1
     assert connections["accepted"] == 6
-    assert_exact_range(ids, market(sim)["first_id"], count)
-    matrix.record(
+    matrix.verify(
         "endpoint accepts then closes at once, 5 times",
         count,
         ids,
@@ -209,9 +239,7 @@ async def test_a_silent_stream_is_detected_and_its_trades_recovered(
     matrix: FaultMatrix,
 ) -> None:
     count = 6000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=23", "--rate", "500", "--count", str(count)
-    )
+    sim = synthetic(simulator, 23, 500, count)
     process = await loader(loader_env(broker, topics, sim, SILENCE_TIMEOUT_SEC="2")).start()
     await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= 500, timeout=60)
     sim.faults(silent=[SYMBOL])
@@ -221,8 +249,7 @@ async def test_a_silent_stream_is_detected_and_its_trades_recovered(
     ids, lag = await complete_run(broker.plaintext, topics, sim, process, count)
     assert silenced_connections >= 2, "the silence was never noticed"
     assert "silent stream" in process.output()
-    assert_exact_range(ids, market(sim)["first_id"], count)
-    matrix.record(
+    matrix.verify(
         "stream goes silent while the market trades",
         count,
         ids,
@@ -237,32 +264,21 @@ async def test_a_broker_paused_for_20_seconds_costs_nothing(
     loader: Callable[[dict[str, str]], LoaderProcess],
     matrix: FaultMatrix,
 ) -> None:
-    env_broker = own_broker.env
-    topics = await TopicSet.created(env_broker.plaintext, "pause")
     count = 40_000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=24", "--rate", "1000", "--count", str(count)
+    env_broker, topics, sim = await on_own_broker(
+        own_broker, simulator, "pause", seed=24, rate=1000, count=count
     )
     process = await loader(loader_env(env_broker, topics, sim)).start()
     await read_all(env_broker.plaintext, topics.data, until=lambda r: len(r) >= 3000, timeout=60)
     own_broker.pause()
     await asyncio.sleep(20)  # the fault itself: the broker stays frozen this long
     own_broker.resume()
-    resumed = time.monotonic()
-    produced_at_resume = market(sim)["produced"]
-    await read_all(
-        env_broker.plaintext,
-        topics.data,
-        until=lambda r: len(r) >= produced_at_resume,
-        timeout=120,
-    )
-    recovered = time.monotonic() - resumed
+    recovered = await caught_up(env_broker.plaintext, topics, sim, since=time.monotonic())
     ids, _ = await complete_run(env_broker.plaintext, topics, sim, process, count, timeout=180)
-    assert_exact_range(ids, market(sim)["first_id"], count)
     events = [r.json() for r in await read_all(env_broker.plaintext, topics.events)]
     assert events[-1]["status"] == "interrupted"
     assert events[-1]["records_written"] == count
-    matrix.record(
+    matrix.verify(
         "broker frozen (SIGSTOP) for 20 s",
         count,
         ids,
@@ -284,11 +300,9 @@ async def test_a_stalled_broker_fills_the_buffer_and_history_fills_the_hole(
     loader: Callable[[dict[str, str]], LoaderProcess],
     matrix: FaultMatrix,
 ) -> None:
-    env_broker = own_broker.env
-    topics = await TopicSet.created(env_broker.plaintext, "overflow")
     count = 30_000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=29", "--rate", "3000", "--count", str(count)
+    env_broker, topics, sim = await on_own_broker(
+        own_broker, simulator, "overflow", seed=29, rate=3000, count=count
     )
     env = loader_env(env_broker, topics, sim, WS_BUFFER_FRAMES="2000", MAX_IN_FLIGHT_TRADES="2000")
     process = await loader(env).start()
@@ -300,20 +314,16 @@ async def test_a_stalled_broker_fills_the_buffer_and_history_fills_the_hole(
     sim.drop_all()
     await asyncio.sleep(5)
     own_broker.resume()
-    resumed = time.monotonic()
-    produced_at_resume = market(sim)["produced"]
-    await read_all(env_broker.plaintext, topics.data, until=lambda r: len(r) >= produced_at_resume)
-    recovered = time.monotonic() - resumed
+    recovered = await caught_up(env_broker.plaintext, topics, sim, since=time.monotonic())
     peak = peak_rss_mb(process.pid)
     ids, _ = await complete_run(env_broker.plaintext, topics, sim, process, count, timeout=180)
-    assert_exact_range(ids, market(sim)["first_id"], count)
     output = process.output()
     assert "Receive buffer full" in output
     assert "catching up BTCUSDT" in output
     assert "Backfilled" in output
     assert sim.state()["connections"]["accepted"] >= 2
     assert peak < 200, f"peak RSS {peak:.0f} MB"
-    matrix.record(
+    matrix.verify(
         "broker frozen 8 s at 3,000 trades/s with a 2,000-frame buffer: reading pauses, "
         "and the exchange drops the stalled connection",
         count,
@@ -330,25 +340,18 @@ async def test_a_broker_restart_costs_nothing(
     loader: Callable[[dict[str, str]], LoaderProcess],
     matrix: FaultMatrix,
 ) -> None:
-    env_broker = own_broker.env
-    topics = await TopicSet.created(env_broker.plaintext, "restart")
     count = 20_000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=25", "--rate", "1000", "--count", str(count)
+    env_broker, topics, sim = await on_own_broker(
+        own_broker, simulator, "restart", seed=25, rate=1000, count=count
     )
     process = await loader(loader_env(env_broker, topics, sim)).start()
     await read_all(env_broker.plaintext, topics.data, until=lambda r: len(r) >= 3000, timeout=60)
     restart_began = time.monotonic()
     await asyncio.to_thread(own_broker.restart)
     restarted = time.monotonic()
-    produced = market(sim)["produced"]
-    await read_all(
-        env_broker.plaintext, topics.data, until=lambda r: len(r) >= produced, timeout=120
-    )
-    recovered = time.monotonic() - restarted
+    recovered = await caught_up(env_broker.plaintext, topics, sim, since=restarted)
     ids, _ = await complete_run(env_broker.plaintext, topics, sim, process, count, timeout=180)
-    assert_exact_range(ids, market(sim)["first_id"], count)
-    matrix.record(
+    matrix.verify(
         "broker restarted",
         count,
         ids,
@@ -365,9 +368,7 @@ async def test_a_loader_killed_and_started_again_continues_the_topic(
     matrix: FaultMatrix,
 ) -> None:
     count = 12_000
-    sim = simulator(
-        "--market", f"{SYMBOL}=synthetic:seed=26", "--rate", "1000", "--count", str(count)
-    )
+    sim = synthetic(simulator, 26, 1000, count)
     env = loader_env(broker, topics, sim)
     first = await loader(env).start()
     await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= 2000, timeout=60)
@@ -380,9 +381,8 @@ async def test_a_loader_killed_and_started_again_continues_the_topic(
     await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= produced, timeout=60)
     recovered = time.monotonic() - restarted
     ids, _ = await complete_run(broker.plaintext, topics, sim, second, count)
-    assert_exact_range(ids, market(sim)["first_id"], count)
     assert "Resuming BTCUSDT after trade" in second.output()
-    matrix.record(
+    matrix.verify(
         "loader killed (SIGKILL) and started again",
         count,
         ids,
@@ -398,7 +398,7 @@ async def test_an_exchange_gone_for_good_ends_with_exit_1(
     loader: Callable[[dict[str, str]], LoaderProcess],
     matrix: FaultMatrix,
 ) -> None:
-    sim = simulator("--market", f"{SYMBOL}=synthetic:seed=27", "--rate", "500")
+    sim = synthetic(simulator, 27, 500)
     env = loader_env(broker, topics, sim, EXCHANGE_UNAVAILABLE_TIMEOUT_SEC="5")
     process = await loader(env).start()
     await read_all(broker.plaintext, topics.data, until=lambda r: len(r) >= 500, timeout=60)
@@ -430,7 +430,7 @@ async def test_a_broker_gone_for_good_ends_with_exit_1_without_hanging(
     env_broker = doomed.up()
     try:
         topics = await TopicSet.created(env_broker.plaintext, "doomed")
-        sim = simulator("--market", f"{SYMBOL}=synthetic:seed=28", "--rate", "500")
+        sim = synthetic(simulator, 28, 500)
         env = loader_env(env_broker, topics, sim, KAFKA_OUTAGE_TIMEOUT_SEC="8")
         process = await loader(env).start()
         await read_all(env_broker.plaintext, topics.data, until=lambda r: len(r) >= 500)

@@ -5,45 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from testkit.kafka_broker import BrokerEnv
+from testkit.net import fetch, free_port
+from testkit.prometheus import sample
 from testkit.service import COMMAND, LoaderProcess, loader_env
 from testkit.simulator import Simulator
 from testkit.topics import TopicSet, read_all
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def sample(metrics: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + "$", metrics, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 async def until_http(url: str, status: int, timeout: float = 30.0) -> str:
     """Poll an HTTP endpoint (the only way to observe it) until it answers ``status``."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        code, body = await asyncio.to_thread(get, url)
+        code, body = await asyncio.to_thread(fetch, url)
         if code == status:
             return body
         if asyncio.get_running_loop().time() > deadline:
@@ -70,7 +46,7 @@ async def test_metrics_and_health_over_http(
     assert json.loads(await until_http(f"{base}/healthz", 200)) == {"status": "ok"}
     ready = json.loads(await until_http(f"{base}/readyz", 200))
     assert ready == {"ready": True, "exchange_connected": True, "broker_reachable": True}
-    status, metrics = await asyncio.to_thread(get, f"{base}/metrics")
+    status, metrics = await asyncio.to_thread(fetch, f"{base}/metrics")
     assert status == 200
     assert sample(metrics, "loader_trades_received_total", symbol="BTCUSDT") >= 2000
     assert sample(metrics, "loader_trades_published_total", symbol="BTCUSDT") >= 2000

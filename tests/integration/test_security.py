@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +21,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.kafka_broker import BrokerEnv
+from testkit.logs import json_lines, wait_for_log
+from testkit.net import free_port, http_get
+from testkit.prometheus import by_label
 from testkit.recorded import CURRENT, LEGACY, expected_message, trades
 from testkit.service import LoaderProcess, loader_env
 from testkit.simulator import Simulator
@@ -65,16 +64,6 @@ class Ending:
     output: str
     message: str
     """The service's own last error line, or its whole text output folded into one line."""
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    """The complete JSON log lines of ``output`` (a line still being written is left out)."""
-    lines = []
-    for line in output.split("\n")[:-1]:
-        if line.startswith("{"):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                lines.append(orjson.loads(line))
-    return lines
 
 
 def service_message(output: str) -> str:
@@ -152,46 +141,6 @@ def sasl_env(
     return env
 
 
-async def wait_for_log(
-    process: LoaderProcess,
-    holds: Callable[[list[dict[str, Any]]], bool],
-    what: str,
-    timeout: float = 30.0,
-) -> list[dict[str, Any]]:
-    """Wait until the service's log lines satisfy ``holds``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = json_lines(process.output())
-        if holds(lines):
-            return lines
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"not logged within {timeout:g} s: {what}; output:\n{process.output()[-3000:]}"
-            )
-        await asyncio.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def http_get(url: str) -> str:
-    """The body of ``url``, also when the status is an error (``/readyz`` answers 503)."""
-
-    def get() -> str:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
-                body: bytes = response.read()
-        except urllib.error.HTTPError as error:
-            body = error.read()
-        return body.decode()
-
-    return await asyncio.to_thread(get)
-
-
 class Relay:
     """A TCP relay from ``host`` to ``target``: reaches the broker's TLS listener under an address
     its certificate does not name (the broker itself listens on 127.0.0.1 only)."""
@@ -256,69 +205,98 @@ class Relay:
                 await writer.drain()
 
 
-# 2. Wrong password.
+# 2-5. Runs the broker refuses: each ends at once with exit 2, a clean message and no secret
+# shown, before anything is read from the exchange.
+
+
+@dataclass
+class Refused:
+    """Runs the service on the SASL_SSL listener with one thing wrong, to its (refused) end."""
+
+    broker: BrokerEnv
+    topics: TopicSet
+    simulator: Callable[..., Simulator]
+    loader: Callable[[dict[str, str]], LoaderProcess]
+    report: RecordProperty
+
+    async def run(
+        self,
+        what: str,
+        seed: int,
+        *,
+        secrets: tuple[str, ...] = (),
+        exchange_untouched: bool = True,
+        timeout: float = FAIL_WITHIN,
+        user: str | None = None,
+        password: str | None = None,
+        ca_path: Path | None = None,
+        bootstrap: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Ending:
+        sim = self.simulator("--market", f"BTCUSDT=synthetic:seed={seed}", "--rate", "100")
+        variables = sasl_env(
+            self.broker, self.topics, sim, user=user, password=password, ca_path=ca_path
+        )
+        variables |= env or {}
+        if bootstrap is not None:
+            variables["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        ending = await run_to_end(self.loader(variables), timeout)
+        record(self.report, what, ending)
+        assert_clean_failure(ending, self.broker.producer_password, *secrets)
+        if exchange_untouched:
+            assert_nothing_read_from_the_exchange(sim)
+        return ending
+
+
+@pytest.fixture
+def refused(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+    report: RecordProperty,
+) -> Refused:
+    return Refused(broker, topics, simulator, loader, report)
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"])
 async def test_a_wrong_password_ends_with_exit_2_within_seconds(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
-    mechanism: str,
+    refused: Refused, broker: BrokerEnv, topics: TopicSet, mechanism: str
 ) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=11", "--rate", "100")
     wrong = f"wrong-{broker.producer_password}"
-    env = sasl_env(broker, topics, sim, password=wrong, KAFKA_SASL_MECHANISM=mechanism)
+    ending = await refused.run(
+        f"wrong password ({mechanism})",
+        11,
+        secrets=(wrong,),
+        password=wrong,
+        env={"KAFKA_SASL_MECHANISM": mechanism},
+    )
 
-    ending = await run_to_end(loader(env))
-
-    record(report, f"wrong password ({mechanism})", ending)
-    assert_clean_failure(ending, wrong, broker.producer_password)
     assert "Kafka authentication failed" in ending.message
     assert broker.sasl_ssl in ending.message
     assert "'producer'" in ending.message
-    assert_nothing_read_from_the_exchange(sim)
     assert await read_all(broker.plaintext, topics.data) == []
     assert await read_all(broker.plaintext, topics.events) == []
 
 
-# 3. A CA that did not sign the broker's certificate.
-
-
 async def test_a_ca_that_did_not_sign_the_broker_certificate_ends_with_exit_2(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
+    refused: Refused, broker: BrokerEnv, topics: TopicSet
 ) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=12", "--rate", "100")
-    env = sasl_env(broker, topics, sim, ca_path=broker.other_ca_path)
+    ending = await refused.run(
+        "CA_PATH = a CA that did not sign the broker's certificate",
+        12,
+        ca_path=broker.other_ca_path,
+    )
 
-    ending = await run_to_end(loader(env))
-
-    record(report, "CA_PATH = a CA that did not sign the broker's certificate", ending)
-    assert_clean_failure(ending, broker.producer_password)
     assert "TLS certificate was not trusted" in ending.message
     assert broker.sasl_ssl in ending.message
     assert "CA_PATH" in ending.message
-    assert_nothing_read_from_the_exchange(sim)
     assert await read_all(broker.plaintext, topics.events) == []
 
 
-# 4. An address the broker's certificate does not name.
-
-
 async def test_a_broker_address_the_certificate_does_not_name_ends_with_exit_2(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
+    refused: Refused, broker: BrokerEnv, topics: TopicSet
 ) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=13", "--rate", "100")
     # 127.0.0.2 is loopback but not in the certificate's names (localhost, 127.0.0.1).
     async with Relay("127.0.0.2", broker.sasl_ssl) as relay:
         # The relay reaches the broker: under a name the certificate holds, TLS succeeds.
@@ -334,136 +312,83 @@ async def test_a_broker_address_the_certificate_does_not_name_ends_with_exit_2(
             await writer.wait_closed()
         checked = relay.connections
 
-        env = sasl_env(broker, topics, sim)
-        env["KAFKA_BOOTSTRAP_SERVERS"] = relay.address
-        ending = await run_to_end(loader(env))
+        ending = await refused.run(
+            f"broker address {relay.address} not in the certificate", 13, bootstrap=relay.address
+        )
         reached = relay.connections - checked
 
-    record(report, f"broker address {relay.address} not in the certificate", ending)
     assert reached >= 1, "the service never reached the relay"
-    assert_clean_failure(ending, broker.producer_password)
     assert "TLS certificate was not trusted" in ending.message
     assert relay.address in ending.message
     assert "mismatch" in ending.message
-    assert_nothing_read_from_the_exchange(sim)
     assert await read_all(broker.plaintext, topics.events) == []
-
-
-# 5. Missing permissions.
 
 
 async def test_a_user_without_any_permission_ends_with_exit_2(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
+    refused: Refused, broker: BrokerEnv, topics: TopicSet
 ) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=14", "--rate", "100")
-    env = sasl_env(broker, topics, sim, user=broker.noperm_user, password=broker.noperm_password)
+    ending = await refused.run(
+        "user 'nobody' (no ACL)",
+        14,
+        secrets=(broker.noperm_password,),
+        user=broker.noperm_user,
+        password=broker.noperm_password,
+    )
 
-    ending = await run_to_end(loader(env))
-
-    record(report, "user 'nobody' (no ACL)", ending)
-    assert_clean_failure(ending, broker.noperm_password, broker.producer_password)
     assert "Kafka authorisation refused" in ending.message
     assert f"'{broker.noperm_user}'" in ending.message
-    assert_nothing_read_from_the_exchange(sim)
     assert await read_all(broker.plaintext, topics.data) == []
     assert await read_all(broker.plaintext, topics.events) == []
 
 
-async def test_a_trade_topic_outside_the_users_acl_ends_with_exit_2_and_an_error_event(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
+@pytest.mark.parametrize(
+    ("variable", "role", "seed"),
+    [
+        ("KAFKA_TOPIC", "data", 15),
+        ("QUEUE_EVENTS_TOPIC", "events", 16),
+        ("QUEUE_CONTROL_TOPIC", "control", 17),
+    ],
+)
+async def test_a_topic_outside_the_users_acl_ends_with_exit_2(
+    refused: Refused, broker: BrokerEnv, topics: TopicSet, variable: str, role: str, seed: int
 ) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=15", "--rate", "100")
-    forbidden = f"other-topic-{topics.data.removeprefix('wf-')}"
+    allowed = getattr(topics, role)
+    forbidden = f"other-{role}-{allowed.removeprefix('wf-')}"
     await create_topics(broker.plaintext, forbidden)
-    env = sasl_env(broker, topics, sim, KAFKA_TOPIC=forbidden)
+    # A control topic that cannot be read is found while the run starts; the others at once.
+    bounded = {"STOP_AFTER_RECORDS": "200"} if role == "control" else {}
+    ending = await refused.run(
+        f"{variable}={forbidden} (outside the user's wf- prefix)",
+        seed,
+        exchange_untouched=role != "control",
+        timeout=60 if role == "control" else FAIL_WITHIN,
+        env={variable: forbidden, **bounded},
+    )
 
-    ending = await run_to_end(loader(env))
-
-    record(report, f"KAFKA_TOPIC={forbidden} (outside the user's wf- prefix)", ending)
-    assert_clean_failure(ending, broker.producer_password)
-    assert "Kafka authorisation refused" in ending.message
-    assert forbidden in ending.message
-    # The broker can be reached (the telemetry topic is allowed): the error is reported there.
-    events = await events_of(broker, topics)
-    assert [e["status"] for e in events] == ["started", "error"]
-    assert "authorisation refused" in events[-1]["message"]
-    assert forbidden in events[-1]["message"]
-    assert_secret_absent(orjson.dumps(events), "the telemetry", broker.producer_password)
-    assert_nothing_read_from_the_exchange(sim)
-    assert await read_all(broker.plaintext, forbidden) == []
-
-
-async def test_a_telemetry_topic_outside_the_users_acl_ends_with_exit_2(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
-) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=16", "--rate", "100")
-    forbidden = f"other-events-{topics.events.removeprefix('wf-')}"
-    await create_topics(broker.plaintext, forbidden)
-    env = sasl_env(broker, topics, sim, QUEUE_EVENTS_TOPIC=forbidden)
-
-    ending = await run_to_end(loader(env))
-
-    record(report, f"QUEUE_EVENTS_TOPIC={forbidden} (outside the user's ACL)", ending)
-    assert_clean_failure(ending, broker.producer_password)
-    assert "Kafka authorisation refused" in ending.message
-    assert forbidden in ending.message
-    assert_nothing_read_from_the_exchange(sim)
-    assert await read_all(broker.plaintext, topics.data) == []
-
-
-async def test_a_control_topic_the_user_may_not_read_ends_with_exit_2(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
-) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=17", "--rate", "100")
-    forbidden = f"other-control-{topics.control.removeprefix('wf-')}"
-    await create_topics(broker.plaintext, forbidden)
-    env = sasl_env(broker, topics, sim, QUEUE_CONTROL_TOPIC=forbidden, STOP_AFTER_RECORDS="200")
-
-    ending = await run_to_end(loader(env), timeout=60)
-
-    record(report, f"QUEUE_CONTROL_TOPIC={forbidden} (not readable)", ending)
-    assert_clean_failure(ending, broker.producer_password)
     assert "authorisation refused" in ending.message
     assert forbidden in ending.message
+    assert await read_all(broker.plaintext, forbidden) == []
+    if role == "data":
+        # The broker can be reached (the telemetry topic is allowed): the error is told there.
+        events = await events_of(broker, topics)
+        assert [e["status"] for e in events] == ["started", "error"]
+        assert "authorisation refused" in events[-1]["message"]
+        assert forbidden in events[-1]["message"]
+        assert_secret_absent(orjson.dumps(events), "the telemetry", broker.producer_password)
+    if role == "events":
+        assert await read_all(broker.plaintext, topics.data) == []
 
 
-async def test_a_corrupt_ca_file_is_a_configuration_error(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    simulator: Callable[..., Simulator],
-    loader: Callable[[dict[str, str]], LoaderProcess],
-    report: RecordProperty,
-    tmp_path: Path,
-) -> None:
-    sim = simulator("--market", "BTCUSDT=synthetic:seed=18", "--rate", "100")
+async def test_a_corrupt_ca_file_is_a_configuration_error(refused: Refused, tmp_path: Path) -> None:
     corrupt = tmp_path / "ca.pem"
     corrupt.write_text(
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
     )
-    env = sasl_env(broker, topics, sim, ca_path=corrupt)
+    ending = await refused.run(
+        "CA_PATH = a PEM file with no valid certificate", 18, ca_path=corrupt
+    )
 
-    ending = await run_to_end(loader(env))
-
-    record(report, "CA_PATH = a PEM file with no valid certificate", ending)
-    assert_clean_failure(ending, broker.producer_password)
     assert "CA_PATH" in ending.message
-    assert_nothing_read_from_the_exchange(sim)
 
 
 # 6. The password appears nowhere.
@@ -698,15 +623,6 @@ async def test_hostile_control_messages_are_ignored_and_a_real_stop_still_works(
 # 8. Malformed exchange frames.
 
 
-def metric_samples(text: str, name: str, label: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                samples[sample.labels[label]] = sample.value
-    return samples
-
-
 REJECTED_REASONS = {
     "invalid_json",  # invalid JSON, truncated JSON
     "missing_field",  # no "p"
@@ -762,11 +678,11 @@ async def test_malformed_exchange_frames_are_rejected_and_no_trade_is_lost_or_du
     output = process.output()
     ending = Ending(exit_code, time.monotonic() - started, output, service_message(output))
 
-    rejected = metric_samples(metrics, "loader_frames_rejected_total", "reason")
-    ignored = metric_samples(metrics, "loader_frames_ignored_total", "kind")
-    reconnects = metric_samples(metrics, "loader_reconnects_total", "reason")
-    backfilled = metric_samples(metrics, "loader_trades_backfilled_total", "symbol")
-    unrecoverable = metric_samples(metrics, "loader_trades_unrecoverable_total", "symbol")
+    rejected = by_label(metrics, "loader_frames_rejected_total", "reason")
+    ignored = by_label(metrics, "loader_frames_ignored_total", "kind")
+    reconnects = by_label(metrics, "loader_reconnects_total", "reason")
+    backfilled = by_label(metrics, "loader_trades_backfilled_total", "symbol")
+    unrecoverable = by_label(metrics, "loader_trades_unrecoverable_total", "symbol")
     records = await read_all(broker.plaintext, topics.data)
     report("rejected", json.dumps(rejected, sort_keys=True))
     report("reconnects", sum(reconnects.values()))

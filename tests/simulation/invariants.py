@@ -50,6 +50,14 @@ class _Published:
     trade_id: int
 
 
+Published = dict[str, list[_Published]]
+"""What the topic holds, by symbol, in offset order."""
+Named = dict[str, list[tuple[int, int, int]]]
+"""The gaps the runs reported as unrecoverable, by symbol: (run, first id, last id)."""
+Truths = dict[str, "_Truth"]
+"""What the exchange executed, by symbol."""
+
+
 def check(world: WorldResult) -> list[Violation]:
     """Every violated invariant, each with what was seen."""
     found: list[Violation] = []
@@ -96,7 +104,7 @@ class _Truth:
 
 
 def _published(
-    world: WorldResult, truth: dict[str, _Truth], found: list[Violation]
+    world: WorldResult, truth: Truths, found: list[Violation]
 ) -> dict[str, list[_Published]]:
     by_symbol: dict[str, list[_Published]] = defaultdict(list)
     topic = world.broker.topics.get(TOPIC)
@@ -137,7 +145,7 @@ def _published(
 
 def _named_gaps(world: WorldResult) -> dict[str, list[tuple[int, int, int]]]:
     """Holes the runs' events name, per symbol: (first id, last id, the run that named it)."""
-    named: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    named: Named = defaultdict(list)
     for run in world.runs:
         for event in run.events:
             for match in NAMED_GAP.finditer(event.message):
@@ -157,9 +165,7 @@ def _named_gaps(world: WorldResult) -> dict[str, list[tuple[int, int, int]]]:
     return named
 
 
-def _given_up_too_early(
-    world: WorldResult, truth: dict[str, _Truth], found: list[Violation]
-) -> None:
+def _given_up_too_early(world: WorldResult, truth: Truths, found: list[Violation]) -> None:
     lag = world.schedule.setup.knob("world", "history_lag", 0.0)
     for run in world.runs:
         for event in run.events:
@@ -195,11 +201,7 @@ def _covered(ranges: list[tuple[int, int, int]], first: int, last: int) -> bool:
 
 
 def _order_and_holes(
-    world: WorldResult,
-    published: dict[str, list[_Published]],
-    named: dict[str, list[tuple[int, int, int]]],
-    truth: dict[str, _Truth],
-    found: list[Violation],
+    world: WorldResult, published: Published, named: Named, truth: Truths, found: list[Violation]
 ) -> None:
     for symbol, entries in published.items():
         partitions_by_run: dict[int, set[int]] = defaultdict(set)
@@ -261,7 +263,7 @@ def _order_and_holes(
 
 
 def _resumable(
-    world: WorldResult, run_number: int, symbol: str, tail: _Published, truth: dict[str, _Truth]
+    world: WorldResult, run_number: int, symbol: str, tail: _Published, truth: Truths
 ) -> bool:
     """Whether ``run_number`` should have resumed ``symbol`` after ``tail`` (the topic's last)."""
     run = world.runs[run_number]
@@ -277,9 +279,9 @@ def _resumable(
 def _run_checks(
     world: WorldResult,
     run: RunResult,
-    published: dict[str, list[_Published]],
-    named: dict[str, list[tuple[int, int, int]]],
-    truth: dict[str, _Truth],
+    published: Published,
+    named: Named,
+    truth: Truths,
     found: list[Violation],
 ) -> None:
     name = f"run {run.number}"
@@ -378,7 +380,7 @@ def _sequence_start(
     run: RunResult,
     symbol: str,
     entries: list[_Published],
-    truth: dict[str, _Truth],
+    truth: Truths,
 ) -> int | None:
     """Where the run's sequence of ``symbol`` begins: the tail it resumed from (older trades
     cannot follow it in order, whatever holes earlier runs left), else the first trade it
@@ -473,11 +475,7 @@ def _labels(run: RunResult, found: list[Violation]) -> None:
 
 
 def _silence(
-    world: WorldResult,
-    run: RunResult,
-    published: dict[str, list[_Published]],
-    truth: dict[str, _Truth],
-    found: list[Violation],
+    world: WorldResult, run: RunResult, published: Published, truth: Truths, found: list[Violation]
 ) -> None:
     start = run.streaming_from
     if start is None:

@@ -92,17 +92,23 @@ def publisher(producer: FakeProducer, **tuning: Any) -> KafkaTradePublisher:
     )
 
 
+async def one_batch_sent(producer: FakeProducer, first: int, last: int) -> KafkaTradePublisher:
+    """A started publisher that sent BTCUSDT trades ``first..last`` as one batch, unanswered."""
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT"])
+    for trade in make_trades(first, last):
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(1)
+    return sut
+
+
 def event(status: Status = Status.LOADING) -> TelemetryEvent:
     return TelemetryEvent("q", "BTCUSDT", "ws_trade", status, "m", 0, status.terminal, "p", 1.0)
 
 
 async def test_an_acknowledged_batch_is_counted_and_flushes() -> None:
     producer = FakeProducer()
-    sut = publisher(producer)
-    await sut.start(["BTCUSDT"])
-    for trade in make_trades(1, 3):
-        await sut.publish(trade, 0.0)
-    await producer.wait_sent(1)
+    sut = await one_batch_sent(producer, 1, 3)
     producer.sent[0][2].set_result(None)
     await sut.flush(1.0)
     assert sut.acknowledged() == 3
@@ -111,11 +117,7 @@ async def test_an_acknowledged_batch_is_counted_and_flushes() -> None:
 
 async def test_a_cancelled_send_is_a_failure_not_a_success() -> None:
     producer = FakeProducer()
-    sut = publisher(producer)
-    await sut.start(["BTCUSDT"])
-    for trade in make_trades(1, 3):
-        await sut.publish(trade, 0.0)
-    await producer.wait_sent(1)
+    sut = await one_batch_sent(producer, 1, 3)
     producer.sent[0][2].cancel()
     with pytest.raises(BrokerUnavailableError, match=r"BTCUSDT trades 1\.\.3"):
         await sut.flush(1.0)
@@ -124,11 +126,7 @@ async def test_a_cancelled_send_is_a_failure_not_a_success() -> None:
 
 async def test_a_refused_batch_names_the_trades_it_held() -> None:
     producer = FakeProducer()
-    sut = publisher(producer)
-    await sut.start(["BTCUSDT"])
-    for trade in make_trades(7, 9):
-        await sut.publish(trade, 0.0)
-    await producer.wait_sent(1)
+    sut = await one_batch_sent(producer, 7, 9)
     producer.sent[0][2].set_exception(RuntimeError("request timed out"))
     with pytest.raises(LoaderError, match=r"BTCUSDT trades 7\.\.9"):
         await sut.flush(1.0)

@@ -55,6 +55,13 @@ class World:
     def __post_init__(self) -> None:
         self.feed = InMemoryTradeFeed(self.clock)
 
+    async def streaming(self, **config: object) -> tuple[TradeLoader, asyncio.Task[Outcome]]:
+        """A loader with ``config``, running, once it streams."""
+        sut = self.loader(**config)
+        run = asyncio.create_task(sut.run())
+        await wait_until_streaming(self)
+        return sut, run
+
     def loader(self, **config: object) -> TradeLoader:
         self.config = replace(self.config, **config)  # type: ignore[arg-type]
         return TradeLoader(
@@ -133,9 +140,7 @@ async def test_a_bound_on_records_publishes_exactly_that_many_and_finishes(world
 async def test_a_stop_command_for_this_queue_interrupts_after_publishing_what_came(
     world: World,
 ) -> None:
-    sut = world.loader()
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    _sut, run = await world.streaming()
     world.feed.push(*make_trades(1, 50))
     await world.publisher.wait_for_count(50)
     world.control.send(ControlCommand("stop", "another-queue"))
@@ -169,9 +174,7 @@ async def test_a_stop_already_in_the_control_topic_ends_the_run_at_once(world: W
 
 
 async def test_a_signal_interrupts_after_the_received_trades_are_published(world: World) -> None:
-    sut = world.loader()
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming()
     world.feed.push(*make_trades(7, 9))
     sut.request_stop("SIGTERM received")
     outcome = await run
@@ -181,9 +184,7 @@ async def test_a_signal_interrupts_after_the_received_trades_are_published(world
 
 
 async def test_a_time_bound_finishes_the_run(world: World) -> None:
-    sut = world.loader(stop_after_seconds=30, telemetry_interval=100)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    _sut, run = await world.streaming(stop_after_seconds=30, telemetry_interval=100)
     world.feed.push(*make_trades(1, 4))
     await world.publisher.wait_for_count(4)
     await world.clock.advance(29)
@@ -196,9 +197,7 @@ async def test_a_time_bound_finishes_the_run(world: World) -> None:
 
 
 async def test_loading_events_come_every_interval_also_without_trades(world: World) -> None:
-    sut = world.loader(telemetry_interval=5)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(telemetry_interval=5)
     await world.clock.advance(5)
     await world.events.wait_for_count(2)
     assert world.events.events[1].status is Status.LOADING
@@ -219,9 +218,7 @@ async def test_loading_events_come_every_interval_also_without_trades(world: Wor
 
 async def test_records_written_counts_only_acknowledged_trades(world: World) -> None:
     world.publisher.auto_ack = False
-    sut = world.loader(telemetry_interval=5)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(telemetry_interval=5)
     world.feed.push(*make_trades(1, 10))
     await world.publisher.wait_for_count(10)
     await world.clock.advance(5)
@@ -362,9 +359,7 @@ async def test_several_symbols_are_sequenced_independently(world: World) -> None
 
 async def test_a_silent_stream_with_newer_trades_in_history_is_reconnected(world: World) -> None:
     world.exchange.record(*make_trades(1, 10))
-    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(silence_timeout=60, telemetry_interval=1000)
     world.feed.push(*make_trades(1, 5))
     await world.publisher.wait_for_count(5)
     await world.clock.advance(59)
@@ -377,9 +372,7 @@ async def test_a_silent_stream_with_newer_trades_in_history_is_reconnected(world
 
 async def test_a_quiet_market_is_not_mistaken_for_a_silent_stream(world: World) -> None:
     world.exchange.record(*make_trades(1, 5))
-    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(silence_timeout=60, telemetry_interval=1000)
     world.feed.push(*make_trades(1, 5))
     await world.publisher.wait_for_count(5)
     await world.clock.advance(200)
@@ -390,9 +383,7 @@ async def test_a_quiet_market_is_not_mistaken_for_a_silent_stream(world: World) 
 
 async def test_unacknowledged_trades_at_shutdown_end_with_exit_1(world: World) -> None:
     world.publisher.auto_ack = False
-    sut = world.loader()
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming()
     world.feed.push(*make_trades(1, 3))
     await world.publisher.wait_for_count(3)
     sut.request_stop("SIGTERM received")
@@ -404,9 +395,9 @@ async def test_unacknowledged_trades_at_shutdown_end_with_exit_1(world: World) -
 
 async def test_one_silent_symbol_among_busy_ones_is_noticed(world: World) -> None:
     world.exchange.record(*make_trades(1, 10, symbol="ETHUSDT"))
-    sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000
+    )
     world.feed.push(*make_trades(1, 2, symbol="ETHUSDT"))
     for second in range(0, 120, 10):
         world.feed.push(make_trade(100 + second // 10, symbol="BTCUSDT"))
@@ -439,9 +430,7 @@ async def test_a_stop_whose_drain_bound_runs_out_ends_in_error_saying_what_was_l
 ) -> None:
     world.exchange.record(*make_trades(1, 20))
     world.exchange.hold = asyncio.Event()
-    sut = world.loader(drain_timeout=5, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(drain_timeout=5, telemetry_interval=1000, silence_timeout=1000)
     world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
     await world.exchange.wait_for_requests(1)
     sut.request_stop("SIGTERM received")
@@ -480,9 +469,7 @@ async def test_a_time_bound_whose_drain_runs_out_ends_in_error_not_finished(
 
 
 async def test_a_publisher_failing_while_draining_a_stop_ends_in_error(world: World) -> None:
-    sut = world.loader(telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(telemetry_interval=1000, silence_timeout=1000)
     world.publisher.failure = BrokerUnavailableError("Kafka has not acknowledged trades for 120 s")
     world.feed.push(*make_trades(1, 3))
     sut.request_stop("SIGTERM received")
@@ -497,9 +484,9 @@ async def test_a_listed_symbol_that_does_not_trade_is_not_reconnected_for_silenc
 ) -> None:
     world.exchange.symbols["HALTUSDT"] = "BREAK"
     world.exchange.record(*make_trades(1, 5, symbol="HALTUSDT"))
-    sut = world.loader(symbols=("BTCUSDT", "HALTUSDT"), silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        symbols=("BTCUSDT", "HALTUSDT"), silence_timeout=60, telemetry_interval=1000
+    )
     for second in range(0, 600, 10):
         world.feed.push(make_trade(100 + second // 10, symbol="BTCUSDT"))
         await world.publisher.wait_for_count(1 + second // 10)
@@ -513,9 +500,9 @@ async def test_a_symbol_that_never_sends_while_the_exchange_trades_it_is_reconne
     world: World,
 ) -> None:
     world.exchange.record(*make_trades(1, 5, symbol="ETHUSDT"))
-    sut = world.loader(symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        symbols=("BTCUSDT", "ETHUSDT"), silence_timeout=60, telemetry_interval=1000
+    )
     await world.clock.advance(90)
     assert world.feed.reconnect_requests == []
     world.exchange.record(*make_trades(6, 8, symbol="ETHUSDT"))
@@ -528,9 +515,7 @@ async def test_a_symbol_that_never_sends_while_the_exchange_trades_it_is_reconne
 async def test_a_backlog_behind_a_slow_broker_is_not_mistaken_for_silence(world: World) -> None:
     world.exchange.record(*make_trades(1, 50))
     world.publisher.hold = asyncio.Event()
-    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(silence_timeout=60, telemetry_interval=1000)
     world.feed.push(*make_trades(1, 50))
     await world.publisher.wait_for_count(1)
     await world.clock.advance(200)
@@ -546,9 +531,7 @@ async def test_trades_unread_in_the_socket_while_reading_is_paused_are_not_silen
     world: World,
 ) -> None:
     world.exchange.record(*make_trades(1, 10))
-    sut = world.loader(silence_timeout=60, telemetry_interval=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(silence_timeout=60, telemetry_interval=1000)
     world.feed.push(*make_trades(1, 5))
     await world.publisher.wait_for_count(5)
     world.feed.paused_at = math.inf  # the buffer is full: trades 6..10 wait in the socket
@@ -578,12 +561,26 @@ async def test_a_stop_in_the_backlog_is_read_before_anything_streams(world: Worl
     assert world.events.statuses == ["started", "interrupted"]
 
 
-async def test_a_signal_while_the_symbols_are_looked_up_interrupts_at_once(world: World) -> None:
-    world.exchange.hold_describe = asyncio.Event()
+@pytest.mark.parametrize(
+    ("phase", "stop"),
+    [("symbols", "SIGTERM"), ("topic tail", "SIGTERM"), ("topic tail", "stop command")],
+)
+async def test_a_stop_while_the_run_prepares_interrupts_it_at_once_before_streaming(
+    world: World, phase: str, stop: str
+) -> None:
+    if phase == "symbols":
+        world.exchange.hold_describe = asyncio.Event()
+        reached = world.exchange.wait_described
+    else:  # a long scan of the topic's tail
+        world.publisher.hold_tail = asyncio.Event()
+        reached = world.publisher.wait_tail_asked
     sut = world.loader()
     run = asyncio.create_task(sut.run())
-    await world.exchange.wait_described()
-    sut.request_stop("SIGTERM received")
+    await reached()
+    if stop == "SIGTERM":
+        sut.request_stop("SIGTERM received")
+    else:
+        world.control.send(ControlCommand("stop", QUEUE))
     outcome = await asyncio.wait_for(run, 5)
     assert outcome.status is Status.INTERRUPTED
     assert outcome.exit_code == 0
@@ -591,40 +588,13 @@ async def test_a_signal_while_the_symbols_are_looked_up_interrupts_at_once(world
     assert not world.feed.opened
 
 
-async def test_a_signal_during_a_long_scan_of_the_topic_tail_interrupts_at_once(
-    world: World,
-) -> None:
-    world.publisher.hold_tail = asyncio.Event()
-    sut = world.loader()
-    run = asyncio.create_task(sut.run())
-    await world.publisher.wait_tail_asked()
-    sut.request_stop("SIGTERM received")
-    outcome = await asyncio.wait_for(run, 5)
-    assert outcome.status is Status.INTERRUPTED
-    assert world.events.statuses == ["started", "interrupted"]
-    assert not world.feed.opened
-
-
-async def test_a_stop_command_during_the_preparation_is_obeyed_before_streaming(
-    world: World,
-) -> None:
-    world.publisher.hold_tail = asyncio.Event()
-    sut = world.loader()
-    run = asyncio.create_task(sut.run())
-    await world.publisher.wait_tail_asked()
-    world.control.send(ControlCommand("stop", QUEUE))
-    outcome = await asyncio.wait_for(run, 5)
-    assert outcome.status is Status.INTERRUPTED
-    assert not world.feed.opened
-
-
 async def test_the_last_event_of_a_stop_waits_no_longer_than_the_drain_bound_allows(
     world: World,
 ) -> None:
     world.publisher.auto_ack = False
-    sut = world.loader(drain_timeout=20, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        drain_timeout=20, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*make_trades(1, 3))
     await world.publisher.wait_for_count(3)
     sut.request_stop("SIGTERM received")
@@ -639,9 +609,9 @@ async def test_a_stop_during_a_catch_up_ends_reading_history_too(world: World) -
     now_ms = int(world.clock.time() * 1000)
     world.exchange.record(*make_trades(1, 3000, timestamp=now_ms - 60_000))
     world.exchange.hold = asyncio.Event()
-    sut = world.loader(backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*make_trades(1, 10))
     world.feed.push_reconnected("dropped without a close frame")
     await world.exchange.wait_for_requests(1)
@@ -656,9 +626,9 @@ async def test_a_stop_during_a_catch_up_ends_reading_history_too(world: World) -
 async def test_a_stop_still_closes_a_gap_up_to_the_last_trade_received(world: World) -> None:
     world.exchange.record(*make_trades(1, 3000))
     world.exchange.hold = asyncio.Event()
-    sut = world.loader(backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(
+        backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*make_trades(1, 10), *make_trades(200, 201))
     await world.exchange.wait_for_requests(1)
     sut.request_stop("SIGTERM received")
@@ -673,9 +643,7 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
     world.exchange.record(*make_trades(1, 10, timestamp=now_ms - 60_000))
     world.exchange.record(*make_trades(11, 100, timestamp=now_ms + 5_000))
     world.exchange.hold = asyncio.Event()
-    sut = world.loader(telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    sut, run = await world.streaming(telemetry_interval=1000, silence_timeout=1000)
     world.feed.push(*make_trades(1, 5, timestamp=now_ms - 60_000))
     world.feed.push_reconnected("dropped without a close frame")
     await world.exchange.wait_for_requests(1)
@@ -688,9 +656,9 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
 async def test_a_gap_is_filled_when_history_catches_up_with_the_stream(world: World) -> None:
     trades = make_trades(1, 12)
     world.exchange.record(*trades[:3])
-    sut = world.loader(stop_after_records=12, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    _sut, run = await world.streaming(
+        stop_after_records=12, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*trades[:3], *trades[9:])
     await world.exchange.wait_for_requests(1)
     # History lags the stream: the missing trades show up there a moment later.
@@ -703,9 +671,9 @@ async def test_a_gap_is_filled_when_history_catches_up_with_the_stream(world: Wo
 
 async def test_a_gap_history_never_reaches_is_reported_after_a_bounded_wait(world: World) -> None:
     world.exchange.record(*make_trades(1, 3))
-    sut = world.loader(stop_after_records=6, telemetry_interval=1000, silence_timeout=1000)
-    run = asyncio.create_task(sut.run())
-    await wait_until_streaming(world)
+    _sut, run = await world.streaming(
+        stop_after_records=6, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*make_trades(1, 3), *make_trades(10, 12))
     outcome = await run_clock_until_done(world, run)
     assert world.published_ids == [1, 2, 3, 10, 11, 12]
