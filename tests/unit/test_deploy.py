@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import json
 import re
@@ -465,3 +466,37 @@ def test_egress_allows_dns_kafka_and_the_exchange_only(
         assert any(ipaddress.IPv4Network(private).subnet_of(net) for net in excluded), private
     namespaced = [rule for rule in policy["egress"] if rule not in public]
     assert len(namespaced) == 2, "DNS and Kafka; nothing else inside the cluster"
+
+
+DEV_ONLY_MODULES = {
+    "pytest",
+    "hypothesis",
+    "testkit",
+    "devtools",
+    "jsonschema",
+    "yaml",
+    "grafanalib",
+}
+
+
+def test_the_image_ships_runtime_code_only() -> None:
+    sources = {
+        source.rstrip("/")
+        for stage in dockerfile_stages()
+        for copy in stage.values("COPY")
+        if not copy.startswith("--from=")
+        for source in copy.split()[:-1]
+    }
+    assert sources == {"requirements/runtime.lock", "pyproject.toml", "README.md", "src"}
+    for path in (ROOT / "src").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert name.split(".")[0] not in DEV_ONLY_MODULES, f"{path} imports {name}"
