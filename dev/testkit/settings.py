@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from typing import Any, Final
 
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from entrypoints.settings import Settings
 
@@ -24,7 +24,10 @@ REQUIRED: Final = {
 
 
 class _Given(Settings):
-    """``Settings`` read from keyword arguments named as the variables, and nothing else."""
+    """``Settings`` read from keyword arguments named as the variables, and nothing else; a
+    name that is no variable is refused, so that a misspelt one cannot pass unnoticed."""
+
+    model_config = SettingsConfigDict(extra="forbid")
 
     @classmethod
     def settings_customise_sources(

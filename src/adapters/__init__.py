@@ -1,1 +1,1 @@
-"""Adapters: the exchange, the broker, monitoring, and in-memory stand-ins for tests."""
+"""Adapters: the exchange (binance/), the broker (kafka/), metrics, monitoring and the clock."""

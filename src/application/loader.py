@@ -151,6 +151,7 @@ class TradeLoader:
             await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
+            await asyncio.gather(ended, return_exceptions=True)
         if not task.done() and grace is not None:
             await self._within(task, grace())
         if not task.done():
@@ -218,6 +219,10 @@ class TradeLoader:
             await self._feed.close()
             await self._drain(pump)
         finally:
+            if not pump.done():  # the run itself was cancelled
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                await self._feed.close()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -228,6 +233,7 @@ class TradeLoader:
             await asyncio.wait({ended, pump}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
+            await asyncio.gather(ended, return_exceptions=True)
         if pump.done() and self._ending is None:
             self._end_from(pump)
 
@@ -256,6 +262,7 @@ class TradeLoader:
             await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
         return task.done()
 
     def _end_from(self, pump: asyncio.Task[None]) -> None:
@@ -368,16 +375,17 @@ class TradeLoader:
     # Background helpers.
 
     async def _listen_control(self) -> None:
-        async for command in self._control.commands():
-            if command.is_stop_for(self._config.queue_id):
-                logger.info("Stop command received for queue {queue}", queue=command.queue_id)
-                self.request_stop("Stop command received")
-                return
-            logger.info(
-                "Ignoring control command {command!r} for queue {queue!r}",
-                command=command.command[:100],
-                queue=command.queue_id[:250],
-            )
+        async with contextlib.aclosing(self._control.commands()) as commands:
+            async for command in commands:
+                if command.is_stop_for(self._config.queue_id):
+                    logger.info("Stop command received for queue {queue}", queue=command.queue_id)
+                    self.request_stop("Stop command received")
+                    return
+                logger.info(
+                    "Ignoring control command {command!r} for queue {queue!r}",
+                    command=command.command[:100],
+                    queue=command.queue_id[:250],
+                )
 
     async def _tick(self) -> None:
         interval = self._config.telemetry_interval

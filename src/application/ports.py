@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -156,8 +156,9 @@ class EventPublisher(Protocol):
 class ControlChannel(Protocol):
     """The control topic, read from its earliest retained message."""
 
-    def commands(self) -> AsyncIterator[ControlCommand]:
-        """Every well-formed command, oldest first, then live ones as they arrive."""
+    def commands(self) -> AsyncGenerator[ControlCommand, None]:
+        """Every well-formed command, oldest first, then live ones as they arrive; closing the
+        generator releases what reads the topic."""
         ...
 
     async def caught_up(self) -> None:

@@ -229,6 +229,7 @@ async def _start(container: Container, stop: _StopRequest, bound: float) -> int 
             await asyncio.wait({starting}, timeout=bound)
     finally:
         requested.cancel()
+        await asyncio.gather(requested, return_exceptions=True)
     if not starting.done():
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError, LoaderError):

@@ -132,9 +132,11 @@ class KafkaSettings(BaseSettings):
     def _broken_rules(cls, given: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(variable, problem) for each rule between variables that ``given`` breaks."""
         broken = []
-        user = given.get("KAFKA_USER_PRODUCER")
-        password = given.get("KAFKA_PASSWORD_PRODUCER")
-        protocol = infer_protocol(given.get("KAFKA_SECURITY_PROTOCOL"), password is not None)
+        user = cls._given(given, "kafka_user")
+        password = cls._given(given, "kafka_password")
+        protocol = infer_protocol(
+            cls._given(given, "kafka_security_protocol"), password is not None
+        )
         if (user is None) != (password is None):
             missing = "KAFKA_PASSWORD_PRODUCER" if user else "KAFKA_USER_PRODUCER"
             broken.append((missing, "is required when the other SASL credential is set"))
@@ -155,6 +157,17 @@ class KafkaSettings(BaseSettings):
                     )
                 )
         return broken
+
+    @classmethod
+    def _given(cls, given: Mapping[str, Any], field: str) -> Any:
+        """The value given for ``field`` under any of its variables' names (None if unset)."""
+        alias = cls.model_fields[field].validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        for name in [*names, field]:
+            value = given.get(str(name))
+            if value is not None and value != "":
+                return value
+        return None
 
     @property
     def security_protocol(self) -> str:
@@ -252,13 +265,15 @@ class Settings(KafkaSettings):
     @classmethod
     def _broken_rules(cls, given: Mapping[str, Any]) -> list[tuple[str, str]]:
         broken = super()._broken_rules(given)
-        initial = given.get("RECONNECT_INITIAL_DELAY_SEC")
-        cap = given.get("RECONNECT_MAX_DELAY_SEC")
         fields = cls.model_fields
+        initial = cls._given(given, "reconnect_initial_delay_sec")
+        cap = cls._given(given, "reconnect_max_delay_sec")
+        if initial is None:
+            initial = fields["reconnect_initial_delay_sec"].default
+        if cap is None:
+            cap = fields["reconnect_max_delay_sec"].default
         try:
-            if float(initial or fields["reconnect_initial_delay_sec"].default) > float(
-                cap or fields["reconnect_max_delay_sec"].default
-            ):
+            if float(initial) > float(cap):
                 broken.append(
                     ("RECONNECT_INITIAL_DELAY_SEC", "must not exceed RECONNECT_MAX_DELAY_SEC")
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,7 +317,7 @@ class SimControlChannel(ControlChannel):
         self._poll = poll
         self._caught_up = asyncio.Event()
 
-    async def commands(self) -> AsyncIterator[ControlCommand]:
+    async def commands(self) -> AsyncGenerator[ControlCommand, None]:
         await asyncio.sleep(self._start)
         index = 0
         messages = self._topic.messages

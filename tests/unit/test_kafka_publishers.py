@@ -189,7 +189,12 @@ async def test_close_ends_the_shipper_it_started_and_leaves_no_task_behind() -> 
     await sut.start(["BTCUSDT"])
     shippers = [task for task in asyncio.all_tasks() if task.get_name() == "kafka-shipper"]
     assert len(shippers) == 1
+    await sut.publish(make_trades(1, 1)[0], 0.0)  # an open batch, its linger timer running
     await sut.close()
     assert shippers[0].done()
     assert not [task for task in asyncio.all_tasks() if task.get_name() == "kafka-shipper"]
     await sut.close()  # a second close is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        await sut.publish(make_trades(2, 2)[0], 0.0)
+    with pytest.raises(RuntimeError, match="closed"):
+        await sut.start(["BTCUSDT"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from pydantic import AliasChoices
+from pydantic import AliasChoices, ValidationError
 
 from adapters.binance.feed import FeedTuning
 from adapters.binance.rest import RestTuning
@@ -16,6 +16,7 @@ from adapters.kafka.producer import ProducerTuning
 from application.config import LoaderConfig
 from entrypoints.cli import main
 from entrypoints.settings import Settings, SettingsError, load_settings
+from testkit.settings import settings
 
 REQUIRED = {
     "QUEUE_ID": "wf-ws-trades-20240801-a1b2c3",
@@ -227,3 +228,18 @@ def test_only_the_settings_hold_defaults_of_what_is_configurable(
         or item.default_factory is not dataclasses.MISSING
     }
     assert with_defaults == not_configurable
+
+
+def test_the_rules_between_variables_know_every_name_of_a_variable() -> None:
+    sut = settings(KAFKA_USER="producer", KAFKA_PASSWORD=SECRET, KAFKA_SECURITY_PROTOCOL="SASL_SSL")
+    assert sut.security_protocol == "SASL_SSL"
+    assert sut.kafka_user == "producer"
+    with pytest.raises(ValidationError, match="must not exceed RECONNECT_MAX_DELAY_SEC"):
+        settings(RECONNECT_INITIAL_DELAY_SEC=0, RECONNECT_MAX_DELAY_SEC=-1)
+    with pytest.raises(ValidationError, match="must not exceed RECONNECT_MAX_DELAY_SEC"):
+        settings(RECONNECT_INITIAL_DELAY_SEC=40)
+
+
+def test_the_test_kit_refuses_a_variable_the_loader_does_not_know() -> None:
+    with pytest.raises(ValidationError, match="KAFKA_LINGER"):
+        settings(KAFKA_LINGER=50)

@@ -61,7 +61,7 @@ class FeedTuning:
 class _Link:
     """One connection to the exchange and the task that reads it."""
 
-    __slots__ = ("frames", "number", "opened_at", "reader", "reason", "ws")
+    __slots__ = ("closing", "frames", "number", "opened_at", "reader", "reason", "ws")
 
     def __init__(self, ws: StreamConnection, number: int, opened_at: float) -> None:
         self.ws = ws
@@ -70,6 +70,7 @@ class _Link:
         self.frames = 0
         self.reason = "open"
         self.reader: asyncio.Task[None] | None = None
+        self.closing = False
 
 
 _Entry = tuple[str | bytes, float] | Reconnected
@@ -129,6 +130,8 @@ class BinanceTradeFeed(TradeFeed):
         self._resume_at = max(1, tuning.buffer_frames * 3 // 4)
         self._window = AttemptWindow(tuning.attempts_limit, tuning.attempts_window)
         self._connected = False
+        self._rejected: dict[str, int] = {}
+        """Frames rejected so far by reason: which of them are logged (the metric is not read)."""
         self._shutting: set[asyncio.Task[None]] = set()
         """Replaced connections being closed, awaited by ``close``."""
 
@@ -209,7 +212,8 @@ class BinanceTradeFeed(TradeFeed):
         if issue.kind == "ignored":
             self._stats.ignored[issue.reason] += 1
             return
-        count = self._stats.rejected[issue.reason] = self._stats.rejected[issue.reason] + 1
+        self._stats.rejected[issue.reason] += 1
+        count = self._rejected[issue.reason] = self._rejected.get(issue.reason, 0) + 1
         if count <= 20 or count % 1000 == 0:
             if isinstance(frame, str):
                 preview = frame[:200] + (
@@ -288,6 +292,7 @@ class BinanceTradeFeed(TradeFeed):
             )
         finally:
             rotate.cancel()
+            await asyncio.gather(rotate, return_exceptions=True)
         if link.reader in done:
             return link.reason, True
         if rotate in done:
@@ -396,6 +401,9 @@ class BinanceTradeFeed(TradeFeed):
         return self._clock.monotonic() if self._paused_readers else self._pause_ended
 
     async def _shut(self, link: _Link) -> None:
+        if link.closing:
+            return  # being shut already (a replaced connection): ``close`` awaits that
+        link.closing = True
         try:
             await asyncio.wait_for(link.ws.close(), self._tuning.close_timeout + 1)
         except TimeoutError:

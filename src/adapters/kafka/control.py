@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from loguru import logger
 
@@ -37,7 +37,7 @@ class KafkaControlChannel(ControlChannel):
         self._poll_interval = poll_interval
         self._caught_up = asyncio.Event()
 
-    async def commands(self) -> AsyncIterator[ControlCommand]:
+    async def commands(self) -> AsyncGenerator[ControlCommand, None]:
         records = read_from_start(
             self._connection, self._topic, self._timeout, self._poll_interval, self._caught_up
         )

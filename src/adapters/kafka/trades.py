@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
@@ -55,11 +54,12 @@ class BatchProducer(Protocol):
 class _OpenBatch:
     """A record batch of one symbol being filled, and when each of its trades arrived."""
 
-    __slots__ = ("builder", "first_id", "last_id", "received", "sealed", "symbol")
+    __slots__ = ("builder", "first_id", "last_id", "linger", "received", "sealed", "symbol")
 
     def __init__(self, builder: BatchBuilder, symbol: str) -> None:
         self.builder = builder
         self.symbol = symbol
+        self.linger: asyncio.TimerHandle | None = None
         self.received: list[float] = []
         self.sealed = False
         self.first_id = -1
@@ -103,6 +103,7 @@ class KafkaTradePublisher(TradePublisher):
         self._sealed: deque[_OpenBatch] = deque()
         self._has_sealed = asyncio.Event()
         self._shipper: asyncio.Task[None] | None = None
+        self._closed = False
         self._pending = 0
         self._acked = 0
         self._failure: LoaderError | None = None
@@ -131,6 +132,8 @@ class KafkaTradePublisher(TradePublisher):
             self._keys[symbol] = symbol.encode()
             # The key decides the partition as in every Kafka client; computed once per symbol.
             self._partitions[symbol] = partition_for(symbol, ordered)
+        if self._closed:
+            raise RuntimeError("the trade publisher is closed")
         if self._shipper is None:
             self._shipper = asyncio.create_task(self._ship_forever(), name="kafka-shipper")
 
@@ -165,15 +168,19 @@ class KafkaTradePublisher(TradePublisher):
             self._window_open.clear()
 
     def _start(self, symbol: str) -> _OpenBatch:
+        if self._closed:
+            raise RuntimeError("the trade publisher is closed")
         batch = _OpenBatch(self._producer.create_batch(), symbol)
         self._open[symbol] = batch
-        asyncio.get_running_loop().call_later(self._linger, self._seal, batch)
+        batch.linger = asyncio.get_running_loop().call_later(self._linger, self._seal, batch)
         return batch
 
     def _seal(self, batch: _OpenBatch) -> None:
         if batch.sealed:
             return
         batch.sealed = True
+        if batch.linger is not None:
+            batch.linger.cancel()
         if self._open.get(batch.symbol) is batch:
             del self._open[batch.symbol]
         if batch.received:
@@ -262,12 +269,24 @@ class KafkaTradePublisher(TradePublisher):
         return list(self._unwritten)
 
     async def close(self) -> None:
-        """Stop the shipper; batches it already handed to the producer are the producer's."""
+        """Stop the shipper and the linger timers; batches already handed to the producer are
+        the producer's, trades not yet sealed are abandoned, and nothing can be published after.
+        """
+        self._closed = True
+        for batch in self._open.values():
+            if batch.linger is not None:
+                batch.linger.cancel()
+        self._open.clear()
         shipper, self._shipper = self._shipper, None
-        if shipper is not None:
-            shipper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await shipper
+        if shipper is None:
+            return
+        shipper.cancel()
+        try:
+            await shipper
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller itself is being cancelled
 
     async def flush(self, timeout: float) -> None:
         for batch in list(self._open.values()):
