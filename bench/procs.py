@@ -346,9 +346,12 @@ def _frame_name(frame: str) -> str:
 PROFILE_CATEGORIES: Final = (
     ("metrics endpoint (aiohttp, prometheus_client)", ("aiohttp/", "prometheus_client/")),
     ("websockets: reading and parsing frames", ("websockets/",)),
-    ("encode_trade (message text, plain_decimal)", ("kafka_codec.py", "domain/trade.py")),
-    ("FrameDecoder.decode (orjson, checks, Decimal, Trade)", ("binance_codec.py",)),
-    ("feed: receive buffer and decode loop", ("binance_feed.py",)),
+    ("encode_trade (message text, plain_decimal)", ("adapters/kafka/codec.py", "domain/trade.py")),
+    ("FrameDecoder.decode (orjson, checks, Decimal, Trade)", ("adapters/binance/codec.py",)),
+    (
+        "feed: receive buffer and decode loop",
+        ("adapters/binance/feed.py", "adapters/binance/connection.py"),
+    ),
     (
         "aiokafka send(): metadata check, partition, accumulator, future",
         (
@@ -367,7 +370,7 @@ PROFILE_CATEGORIES: Final = (
     ),
     (
         "publisher: per-trade bookkeeping and done-callbacks",
-        ("adapters/kafka.py", "adapters/metrics.py"),
+        ("adapters/kafka/", "adapters/metrics.py"),
     ),
     ("use case: pump, sequencer, hand-off", ("application/", "domain/")),
     ("event loop (uvloop internals, task and callback dispatch)", ("asyncio/", "uvloop/")),

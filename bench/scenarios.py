@@ -49,7 +49,7 @@ from bench.procs import (
     start_profiler,
     start_simulator,
 )
-from bench.topics import TopicScan, create_bench_topics, delete_topics, verify_topic
+from bench.topics import TopicScan, create_bench_topics, delete_bench_topics, verify_topic
 from domain.trade import Trade
 from testkit.prometheus import histogram, histogram_delta, histogram_quantile, metric_total, samples
 from testkit.simulator import BINARY, Simulator
@@ -119,6 +119,7 @@ async def push(
     stats = RunStats()
     health = BrokerHealth()
     producer = await start_producer(connection, tuning, health)
+    publisher: KafkaTradePublisher | None = None
     try:
         ordered = sorted(await producer.partitions_for(topic))
         partitioner = DefaultPartitioner()
@@ -170,6 +171,8 @@ async def push(
         if variant == "publisher" and publisher.acknowledged() != len(trades):
             raise BenchError(f"{publisher.acknowledged()} of {len(trades)} trades acknowledged")
     finally:
+        if publisher is not None:
+            await publisher.close()
         await stop_producer(producer, 10.0)
     return {"wall_seconds": wall, "cpu_seconds": cpu}
 
@@ -216,9 +219,7 @@ def scenario_ceiling(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
                 timing = uvloop.run(push(ctx.bootstrap, topics.data, trades, variant))
                 scan = verify_topic(ctx, f"{label} {variant}", topics.data, _expected(symbols, per))
             finally:
-                asyncio.run(
-                    delete_topics(ctx.bootstrap, [topics.data, topics.events, topics.control])
-                )
+                asyncio.run(delete_bench_topics(ctx.bootstrap, topics))
             rate = scan.rate()
             runs.append(
                 {
@@ -317,7 +318,7 @@ def throughput_once(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
     finally:
         for spy in profiler:
             finish_profiler(ctx, label, spy)
-        asyncio.run(delete_topics(ctx.bootstrap, [topics.data, topics.events, topics.control]))
+        asyncio.run(delete_bench_topics(ctx.bootstrap, topics))
     span_rate = scan.rate()
     rate = None
     if first_sent is not None and scan.last_ms is not None and scan.last_ms / 1000 > first_sent:
@@ -407,7 +408,7 @@ def timed_run(
         check_exit(ctx, label, run)
         scan = verify_topic(ctx, label, topics.data, None)
     finally:
-        asyncio.run(delete_topics(ctx.bootstrap, [topics.data, topics.events, topics.control]))
+        asyncio.run(delete_bench_topics(ctx.bootstrap, topics))
     return run, scan
 
 

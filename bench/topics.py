@@ -6,48 +6,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from adapters.kafka.metadata import topic_partitions
 from bench.config import BenchError, Context, log
-from testkit.topics import TopicSet, create_topics
+from testkit.topics import TopicSet, create_topics, delete_topics
 
 
 async def create_bench_topics(bootstrap: str, topics: TopicSet, partitions: int) -> None:
     """The trade topic stamps each record with the broker's append time; the others as usual."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    topics.data,
-                    num_partitions=partitions,
-                    replication_factor=1,
-                    topic_configs={"message.timestamp.type": "LogAppendTime"},
-                )
-            ]
-        )
-    finally:
-        await admin.close()
+    await create_topics(
+        bootstrap,
+        topics.data,
+        partitions=partitions,
+        configs={"message.timestamp.type": "LogAppendTime"},
+    )
     await create_topics(bootstrap, topics.events, topics.control)
 
 
-async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def delete_bench_topics(bootstrap: str, topics: TopicSet) -> None:
+    """Delete the run's topics; a failure is logged, never fatal."""
+    names = (topics.data, topics.events, topics.control)
     try:
-        await admin.delete_topics(list(names))
+        await delete_topics(bootstrap, *names)
     except Exception as error:
         log(f"could not delete topics {', '.join(names)}: {error!r}")
-    finally:
-        await admin.close()
 
 
 @dataclass

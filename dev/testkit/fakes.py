@@ -7,7 +7,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from application.ports import (
     Clock,
@@ -157,22 +157,18 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         await self._signal.wait_until(lambda: len(self.history_requests) >= count)
 
 
-class InMemoryTradePublisher(TradePublisher, TopicTail):
+class InMemoryTradePublisher(TradePublisher):
     """Records published trades; acknowledges at once unless told to hold."""
 
     def __init__(self, *, auto_ack: bool = True) -> None:
         self.published: list[Trade] = []
         self.auto_ack = auto_ack
         self._acked = 0
-        self.in_topic: list[LastPublished] = []
         self.failure: LoaderError | None = None
         self.flushed = False
         self.closed = False
         self.hold: asyncio.Event | None = None
         """While set to an unset event, each publish waits for it (a broker that is slow)."""
-        self.hold_tail: asyncio.Event | None = None
-        """While set to an unset event, reading the topic's tail waits for it."""
-        self.tail_asked = False
         self._signal = _Signal()
 
     async def start(self, symbols: Sequence[str]) -> None:
@@ -208,18 +204,29 @@ class InMemoryTradePublisher(TradePublisher, TopicTail):
     async def close(self) -> None:
         self.closed = True
 
-    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
-        self.tail_asked = True
-        await self._signal.notify()
-        if self.hold_tail is not None:
-            await self.hold_tail.wait()
-        return [last for last in self.in_topic if last.symbol in symbols]
-
-    async def wait_tail_asked(self) -> None:
-        await self._signal.wait_until(lambda: self.tail_asked)
-
     async def wait_for_count(self, count: int) -> None:
         await self._signal.wait_until(lambda: len(self.published) >= count)
+
+
+class InMemoryTopicTail(TopicTail):
+    """The newest trades of earlier runs that the test says the topic holds."""
+
+    def __init__(self) -> None:
+        self.in_topic: list[LastPublished] = []
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, reading the tail waits for it (a long scan)."""
+        self.asked = False
+        self._signal = _Signal()
+
+    async def last_published(self, symbols: Sequence[str]) -> Sequence[LastPublished]:
+        self.asked = True
+        await self._signal.notify()
+        if self.hold is not None:
+            await self.hold.wait()
+        return [last for last in self.in_topic if last.symbol in symbols]
+
+    async def wait_asked(self) -> None:
+        await self._signal.wait_until(lambda: self.asked)
 
 
 class InMemoryEventPublisher(EventPublisher):
@@ -273,7 +280,7 @@ class InMemoryControlChannel(ControlChannel):
     def send(self, command: ControlCommand) -> None:
         self._queue.put_nowait(command)
 
-    async def commands(self) -> AsyncIterator[ControlCommand]:
+    async def commands(self) -> AsyncGenerator[ControlCommand, None]:
         self.subscribed = True
         await self._signal.notify()
         if self._ready is not None:

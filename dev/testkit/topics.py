@@ -72,15 +72,36 @@ CONTRACT_EVENT_FIELDS = frozenset(
 """The nine fields of every telemetry event, as the contract lists them."""
 
 
-async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+async def create_topics(
+    bootstrap: str, *names: str, partitions: int = 1, configs: dict[str, str] | None = None
+) -> None:
+    """Create the topics (those that exist already are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=configs or {},
+                )
+                for name in names
+            ]
         )
     except TopicAlreadyExistsError:
         pass
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, *names: str) -> None:
+    """Delete the topics; raises ``KafkaError`` when the broker refuses."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names))
     finally:
         await admin.close()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
+
+from testkit.settings import settings
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 HALTED = "HALTUSDT"
@@ -24,6 +26,10 @@ MALFORMED = (
     "other_event",
     "reply",
 )
+
+
+DEFAULTS: Final = settings()
+"""The loader's defaults: a world whose knobs are below them is harsh on purpose."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,8 @@ class Schedule:
             knob("world", "lifetime") < 86_400
             or knob("world", "history_lag") > 0
             or knob("world", "socket_frames") < 5000
-            or knob("rest", "weight_budget") < 4800
-            or knob("loader", "backfill_max_trades") < 100_000
+            or knob("rest", "weight_budget") < DEFAULTS.rest_weight_budget
+            or knob("loader", "backfill_max_trades") < DEFAULTS.backfill_max_trades
             or knob("loader", "backfill_max_age") < 3600
             or knob("feed", "rotate_after") < 3600
         )

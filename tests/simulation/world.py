@@ -36,11 +36,8 @@ from domain.messages import ControlCommand, TelemetryEvent
 from simulation.broker import SimBroker, SimControlChannel, SimControlTopic, SimTopicTail
 from simulation.exchange import SimExchange, Window
 from simulation.loop import VirtualClock, VirtualTimeLoop
-from simulation.schedule import Event, RunPlan, Schedule
-from testkit.settings import settings
+from simulation.schedule import DEFAULTS, Event, RunPlan, Schedule
 
-DEFAULTS = settings()
-"""The loader's defaults; each schedule's knobs are set on top of them."""
 QUEUE = "wf-ws-trades-sim"
 TOPIC = "wf-ws-trades-sim-data"
 EVENTS_TOPIC = "queue-events"

@@ -24,6 +24,7 @@ from testkit.fakes import (
     InMemoryControlChannel,
     InMemoryEventPublisher,
     InMemoryExchange,
+    InMemoryTopicTail,
     InMemoryTradeFeed,
     InMemoryTradePublisher,
     ManualClock,
@@ -48,6 +49,7 @@ class World:
         default_factory=lambda: InMemoryExchange({"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"})
     )
     publisher: InMemoryTradePublisher = field(default_factory=InMemoryTradePublisher)
+    tail: InMemoryTopicTail = field(default_factory=InMemoryTopicTail)
     events: InMemoryEventPublisher = field(default_factory=InMemoryEventPublisher)
     control: InMemoryControlChannel = field(default_factory=InMemoryControlChannel)
     stats: RunStats = field(default_factory=RunStats)
@@ -70,7 +72,7 @@ class World:
             directory=self.exchange,
             history=self.exchange,
             publisher=self.publisher,
-            tail=self.publisher,
+            tail=self.tail,
             events=self.events,
             control=self.control,
             clock=self.clock,
@@ -324,7 +326,7 @@ async def test_a_gap_larger_than_allowed_is_not_fetched(world: World) -> None:
 async def test_a_restart_resumes_after_the_last_trade_in_the_topic(world: World) -> None:
     now_ms = int(world.clock.time() * 1000)
     world.exchange.record(*make_trades(1, 40, timestamp=now_ms - 60_000))
-    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 59_000)]
+    world.tail.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 59_000)]
     sut = world.loader(stop_after_records=15)
     world.feed.push(*make_trades(31, 35, timestamp=now_ms - 60_000))
     await sut.run()
@@ -334,7 +336,7 @@ async def test_a_restart_resumes_after_the_last_trade_in_the_topic(world: World)
 async def test_a_topic_tail_older_than_the_window_is_not_resumed(world: World) -> None:
     now_ms = int(world.clock.time() * 1000)
     world.exchange.record(*make_trades(1, 40))
-    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
+    world.tail.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
     sut = world.loader(stop_after_records=3, resume_window=3600)
     world.feed.push(*make_trades(31, 33))
     await sut.run()
@@ -572,8 +574,8 @@ async def test_a_stop_while_the_run_prepares_interrupts_it_at_once_before_stream
         world.exchange.hold_describe = asyncio.Event()
         reached = world.exchange.wait_described
     else:  # a long scan of the topic's tail
-        world.publisher.hold_tail = asyncio.Event()
-        reached = world.publisher.wait_tail_asked
+        world.tail.hold = asyncio.Event()
+        reached = world.tail.wait_asked
     sut = world.loader()
     run = asyncio.create_task(sut.run())
     await reached()
@@ -722,7 +724,7 @@ async def test_a_tail_too_old_to_resume_from_is_still_never_published_again(
     world: World,
 ) -> None:
     now_ms = int(world.clock.time() * 1000)
-    world.publisher.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
+    world.tail.in_topic = [LastPublished("BTCUSDT", 20, now_ms - 10 * 3600 * 1000)]
     sut = world.loader(stop_after_records=2, resume_window=3600)
     world.feed.push(make_trade(20), make_trade(31), make_trade(32))
     await sut.run()
