@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
+
 from domain.trade import Trade
 
 
@@ -36,3 +38,26 @@ def make_trades(
         )
         for i in range(first, last + 1)
     ]
+
+
+def trade_frame(
+    trade_id: int,
+    *,
+    symbol: str = "BTCUSDT",
+    price: str = "1.00000000",
+    quantity: str = "2.00000000",
+) -> str:
+    """A Binance ``@trade`` stream frame, as the exchange sends it."""
+    return orjson.dumps(
+        {
+            "e": "trade",
+            "E": 1,
+            "s": symbol,
+            "t": trade_id,
+            "p": price,
+            "q": quantity,
+            "T": 1_700_000_000_000 + trade_id,
+            "m": True,
+            "M": True,
+        }
+    ).decode()

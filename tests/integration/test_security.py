@@ -230,7 +230,6 @@ class Refused:
         user: str | None = None,
         password: str | None = None,
         ca_path: Path | None = None,
-        bootstrap: str | None = None,
         env: dict[str, str] | None = None,
     ) -> Ending:
         sim = self.simulator("--market", f"BTCUSDT=synthetic:seed={seed}", "--rate", "100")
@@ -238,8 +237,6 @@ class Refused:
             self.broker, self.topics, sim, user=user, password=password, ca_path=ca_path
         )
         variables |= env or {}
-        if bootstrap is not None:
-            variables["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         ending = await run_to_end(self.loader(variables), timeout)
         record(self.report, what, ending)
         assert_clean_failure(ending, self.broker.producer_password, *secrets)
@@ -313,7 +310,9 @@ async def test_a_broker_address_the_certificate_does_not_name_ends_with_exit_2(
         checked = relay.connections
 
         ending = await refused.run(
-            f"broker address {relay.address} not in the certificate", 13, bootstrap=relay.address
+            f"broker address {relay.address} not in the certificate",
+            13,
+            env={"KAFKA_BOOTSTRAP_SERVERS": relay.address},
         )
         reached = relay.connections - checked
 

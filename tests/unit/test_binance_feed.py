@@ -6,33 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import orjson
-
 from adapters.binance.connection import RECONNECT_REASONS, ConnectionLost, StreamConnection
 from adapters.binance.feed import BinanceTradeFeed
 from adapters.clock import SystemClock
 from adapters.metrics import RunStats
 from application.ports import Received
 from domain.backoff import Backoff
+from testkit.factories import trade_frame
 from testkit.settings import settings
 
 DEFAULTS = settings()
 
 
 def frame(trade_id: int, symbol: str = "BTCUSDT") -> str:
-    return orjson.dumps(
-        {
-            "e": "trade",
-            "E": 1,
-            "s": symbol,
-            "t": trade_id,
-            "p": "1.00000000",
-            "q": "2.00000000",
-            "T": 1_700_000_000_000 + trade_id,
-            "m": True,
-            "M": True,
-        }
-    ).decode()
+    return trade_frame(trade_id, symbol=symbol)
 
 
 class ScriptedConnection(StreamConnection):

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import orjson
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -15,23 +14,12 @@ from adapters.clock import SystemClock
 from adapters.metrics import RunStats
 from application.ports import FeedItem, Received, Reconnected
 from domain.backoff import Backoff
+from testkit.factories import trade_frame
 from testkit.settings import settings
 
 
 def frame(trade_id: int) -> str:
-    return orjson.dumps(
-        {
-            "e": "trade",
-            "E": 1,
-            "s": "BTCUSDT",
-            "t": trade_id,
-            "p": "61837.63000000",
-            "q": "0.00009000",
-            "T": 1_700_000_000_000 + trade_id,
-            "m": True,
-            "M": True,
-        }
-    ).decode()
+    return trade_frame(trade_id, price="61837.63000000", quantity="0.00009000")
 
 
 class Exchange:
