@@ -36,7 +36,10 @@ async def monitoring_server(
     )
 
     def ready() -> dict[str, bool]:
-        return {"exchange_connected": feed.connected(), "broker_reachable": health.reachable}
+        return {
+            "exchange_connected": readings.feed_connected(),
+            "broker_reachable": readings.broker_reachable(),
+        }
 
     server = MonitoringServer(
         settings.metrics_host, settings.metrics_port, make_registry(stats, readings), ready

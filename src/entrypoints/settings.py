@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -161,10 +162,8 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def _given(cls, given: Mapping[str, Any], field: str) -> Any:
         """The value given for ``field`` under any of its variables' names (None if unset)."""
-        alias = cls.model_fields[field].validation_alias
-        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
-        for name in [*names, field]:
-            value = given.get(str(name))
+        for name in [*variable_names(cls.model_fields[field]), field]:
+            value = given.get(name)
             if value is not None and value != "":
                 return value
         return None
@@ -314,7 +313,7 @@ class Settings(KafkaSettings):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = ",".join(value)
-            values[_FIELD_VARIABLES[name].split("/")[0]] = value
+            values[variable_names(type(self).model_fields[name])[0]] = value
         return values
 
     # What each layer gets.
@@ -379,11 +378,16 @@ class SettingsError(Exception):
         )
 
 
+def variable_names(info: FieldInfo) -> tuple[str, ...]:
+    """The environment variables a field is read from, the preferred one first."""
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices)
+    return (str(alias),)
+
+
 _FIELD_VARIABLES: Final = {
-    name: "/".join(str(choice) for choice in info.validation_alias.choices)
-    if isinstance(info.validation_alias, AliasChoices)
-    else str(info.validation_alias)
-    for name, info in Settings.model_fields.items()
+    name: "/".join(variable_names(info)) for name, info in Settings.model_fields.items()
 }
 
 

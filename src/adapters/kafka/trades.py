@@ -121,6 +121,8 @@ class KafkaTradePublisher(TradePublisher):
 
     async def start(self, symbols: Sequence[str]) -> None:
         """Look up the topic's partitions: fails early on a missing permission."""
+        if self._closed:
+            raise RuntimeError("the trade publisher is closed")
         try:
             partitions = await asyncio.wait_for(
                 self._producer.partitions_for(self._topic), self._tuning.connect_timeout
@@ -132,8 +134,6 @@ class KafkaTradePublisher(TradePublisher):
             self._keys[symbol] = symbol.encode()
             # The key decides the partition as in every Kafka client; computed once per symbol.
             self._partitions[symbol] = partition_for(symbol, ordered)
-        if self._closed:
-            raise RuntimeError("the trade publisher is closed")
         if self._shipper is None:
             self._shipper = asyncio.create_task(self._ship_forever(), name="kafka-shipper")
 
