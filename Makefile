@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: help venv lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
+.PHONY: help venv tools lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ kafka-up: ## start the local Kafka broker (PLAINTEXT and SASL_SSL+SCRAM) in the 
 kafka-down: ## stop the local Kafka broker
 	bash testbed/kafka/kafka.sh down
 
+tools: ## install the Debian tools the tests run for real (prometheus, promtool, kcat)
+	bash testbed/tools.sh
+
 sim-build: ## build the Binance-compatible exchange simulator
 	bash testbed/simulator/build.sh
 
@@ -43,7 +46,7 @@ START ?= 0
 simulate: venv ## seeded whole-run simulations: SEEDS=n schedules from START, or SEED=s to replay one
 	cd tests && ../$(BIN)/python -m simulation $(if $(SEED),--seed $(SEED) --logs,--seeds $(SEEDS) --start $(START))
 
-lint: venv $(JSCPD) ## ruff, formatting, mypy (strict), repeated code (jscpd), the import-layer contract
+lint: venv tools $(JSCPD) ## ruff, formatting, mypy (strict), repeated code (jscpd), the import-layer contract
 	$(BIN)/ruff check src tests dev testbed bench
 	$(BIN)/ruff format --check src tests dev testbed bench
 	$(BIN)/mypy src tests dev testbed bench
@@ -58,10 +61,10 @@ coverage: venv ## unit tests with branch coverage of src/
 	$(BIN)/coverage run -m pytest tests/unit -q
 	$(BIN)/coverage report
 
-integration: venv kafka-up sim-build ## tests against the real broker, the simulator and the service process
+integration: venv tools kafka-up sim-build ## tests against the real broker, the simulator and the service process
 	$(BIN)/pytest tests/integration
 
-test: venv lint kafka-up sim-build ## everything CI runs: lint, the simulator's tests, unit, integration
+test: venv tools lint kafka-up sim-build ## everything CI runs: lint, the simulator's tests, unit, integration
 	cd testbed/simulator && go vet ./... && go test ./...
 	$(BIN)/pytest tests
 
