@@ -53,18 +53,31 @@ class LatencyHistogram:
 
 
 class RunStats(LoaderMetrics):
-    """Counters of one run; adapters and the use case write, only the collector reads."""
+    """Counters of one run; adapters and the use case write, only the collector reads.
 
-    def __init__(self) -> None:
-        self.received: Counter[str] = Counter()
-        self.published: Counter[str] = Counter()
-        self.duplicates: Counter[str] = Counter()
-        self.gaps: Counter[str] = Counter()
-        self.backfilled_trades: Counter[str] = Counter()
-        self.unrecoverable_trades: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
-        self.ignored: Counter[str] = Counter()
-        self.reconnects: Counter[str] = Counter()
+    The label values given are exposed at 0 from the first scrape, so that ``rate()`` and
+    ``increase()`` see a counter's first increment and a dashboard panel has a series before
+    anything happened.
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str] = (),
+        *,
+        reject_reasons: Iterable[str] = (),
+        ignored_kinds: Iterable[str] = (),
+        reconnect_reasons: Iterable[str] = (),
+    ) -> None:
+        symbols = tuple(symbols)
+        self.received: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.published: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.duplicates: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.gaps: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.backfilled_trades: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.unrecoverable_trades: Counter[str] = Counter(dict.fromkeys(symbols, 0))
+        self.rejected: Counter[str] = Counter(dict.fromkeys(reject_reasons, 0))
+        self.ignored: Counter[str] = Counter(dict.fromkeys(ignored_kinds, 0))
+        self.reconnects: Counter[str] = Counter(dict.fromkeys(reconnect_reasons, 0))
         self.exchange_lag: dict[str, float] = {}
         self.latency = LatencyHistogram()
         self.status: Status | None = None
@@ -95,6 +108,8 @@ class Readings:
     queue_depth: Callable[[], int]
     feed_connected: Callable[[], bool]
     broker_reachable: Callable[[], bool]
+    rest_weight_used: Callable[[], int]
+    rest_weight_budget: int
 
 
 class RunStatsCollector(Collector):
@@ -177,6 +192,16 @@ class RunStatsCollector(Collector):
             "loader_broker_reachable",
             "1 while the broker answers",
             value=self._readings.broker_reachable(),
+        )
+        yield GaugeMetricFamily(
+            "loader_rest_weight_used",
+            "REST request weight used in the current minute, as the exchange last counted it",
+            value=self._readings.rest_weight_used(),
+        )
+        yield GaugeMetricFamily(
+            "loader_rest_weight_budget",
+            "REST request weight a minute this loader allows itself (REST_WEIGHT_BUDGET)",
+            value=self._readings.rest_weight_budget,
         )
 
 

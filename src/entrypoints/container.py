@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaProducer
 from dependency_injector import containers, providers
 
+from adapters.binance.codec import IGNORED_KINDS, REJECT_REASONS
+from adapters.binance.connection import RECONNECT_REASONS
 from adapters.binance.feed import BinanceTradeFeed
 from adapters.binance.rest import BinanceRestClient
 from adapters.clock import SystemClock
@@ -24,7 +26,11 @@ from entrypoints.settings import Settings
 
 
 async def monitoring_server(
-    settings: Settings, stats: RunStats, feed: BinanceTradeFeed, health: BrokerHealth
+    settings: Settings,
+    stats: RunStats,
+    feed: BinanceTradeFeed,
+    health: BrokerHealth,
+    rest: BinanceRestClient,
 ) -> AsyncIterator[MonitoringServer | None]:
     if settings.metrics_port == 0:
         yield None
@@ -33,6 +39,8 @@ async def monitoring_server(
         queue_depth=feed.backlog,
         feed_connected=feed.connected,
         broker_reachable=lambda: health.reachable,
+        rest_weight_used=rest.used_weight,
+        rest_weight_budget=rest.weight_budget,
     )
 
     def ready() -> dict[str, bool]:
@@ -74,7 +82,13 @@ class Container(containers.DeclarativeContainer):
 
     settings = providers.Dependency(instance_of=Settings)
 
-    stats = providers.Singleton(RunStats)
+    stats = providers.Singleton(
+        RunStats,
+        settings.provided.symbols,
+        reject_reasons=REJECT_REASONS,
+        ignored_kinds=IGNORED_KINDS,
+        reconnect_reasons=RECONNECT_REASONS,
+    )
     clock = providers.Singleton(SystemClock)
     connection = providers.Singleton(settings.provided.kafka_connection.call())
     producer_tuning = providers.Singleton(settings.provided.producer_tuning.call())
@@ -88,10 +102,10 @@ class Container(containers.DeclarativeContainer):
         clock,
     )
 
-    monitoring = providers.Resource(monitoring_server, settings, stats, feed, health)
+    rest = providers.Resource(rest_client, settings, clock)
+    monitoring = providers.Resource(monitoring_server, settings, stats, feed, health, rest)
     # Stopping flushes nothing more (the use case flushed already), so a short bound suffices.
     producer = providers.Resource(kafka_producer, connection, producer_tuning, health, 5.0)
-    rest = providers.Resource(rest_client, settings, clock)
 
     trade_publisher = providers.Singleton(
         KafkaTradePublisher,

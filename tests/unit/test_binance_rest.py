@@ -89,3 +89,14 @@ async def test_a_request_that_gives_up_on_429s_still_leaves_the_wait_to_the_next
     second.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await second
+
+
+async def test_the_weight_used_is_the_exchanges_count_until_the_minute_turns() -> None:
+    clock = ManualClock(start=1_700_000_080.0)  # 20 s before a minute turns
+    sut = client(ScriptedTransport(RestReply(200, HISTORY, used_weight="1234")), clock)
+    assert sut.used_weight() == 0
+    await sut.trades_from("BTCUSDT", 7, 10)
+    assert sut.used_weight() == 1234
+    assert sut.weight_budget == settings().rest_weight_budget
+    await clock.advance(20)
+    assert sut.used_weight() == 0

@@ -122,6 +122,14 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
     async def close(self) -> None:
         await self._transport.close()
 
+    def used_weight(self) -> int:
+        """The request weight used in the current minute (0 once a new minute began)."""
+        return self._used_weight if int(self._clock.time() // 60) == self._weight_minute else 0
+
+    @property
+    def weight_budget(self) -> int:
+        return self._tuning.weight_budget
+
     async def describe(self, symbols: Sequence[str]) -> Sequence[SymbolInfo]:
         reply = await self._exchange_info(symbols)
         if _is_invalid_symbol(reply):
