@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: help venv tools lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
+.PHONY: help venv tools monitoring lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ START ?= 0
 
 simulate: venv ## seeded whole-run simulations: SEEDS=n schedules from START, or SEED=s to replay one
 	cd tests && ../$(BIN)/python -m simulation $(if $(SEED),--seed $(SEED) --logs,--seeds $(SEEDS) --start $(START))
+
+monitoring: venv ## regenerate the PrometheusRule and the Grafana dashboard (monitoring/, k8s/monitoring/)
+	$(BIN)/python -m devtools.monitoring
 
 lint: venv tools $(JSCPD) ## ruff, formatting, mypy (strict), repeated code (jscpd), the import-layer contract
 	$(BIN)/ruff check src tests dev testbed bench

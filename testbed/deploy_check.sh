@@ -5,7 +5,11 @@
 #   2. validates every rendered document, and every raw manifest a kustomization lists as a
 #      resource, against pinned Kubernetes API schemas, strictly (unknown fields are errors, and
 #      so is a kind without a schema);
-#   3. lints the Dockerfile with hadolint, failing on any finding and on missing OCI labels.
+#      custom resources (the PrometheusRule) are validated, as strictly, against their
+#      CustomResourceDefinitions from the pinned prometheus-operator release (a Go module);
+#   3. lints the Dockerfile with hadolint, failing on any finding and on missing OCI labels;
+#   4. checks the alert rules with promtool (check and unit tests, monitoring/alerts_test.yml),
+#      and that the generated PrometheusRule and dashboard are up to date.
 # Exits non-zero if any check fails. Usage: testbed/deploy_check.sh
 set -euo pipefail
 
@@ -14,6 +18,8 @@ KUSTOMIZE_VERSION=v5.8.2
 # The oldest release where everything the Job uses (podFailurePolicy, podReplacementPolicy) is
 # generally available, and the newest the pinned kubernetes-validate knows.
 KUBERNETES_VERSIONS=(1.31.0 1.37.0)
+# The CustomResourceDefinitions of the monitoring.coreos.com resources.
+PROMETHEUS_OPERATOR=github.com/prometheus-operator/prometheus-operator@v0.85.0
 HADOLINT_FLAGS=(
 	--no-color --failure-threshold style --strict-labels
 	--require-label org.opencontainers.image.title:text
@@ -40,9 +46,9 @@ indent() {
 	sed 's/^/    /' >&2
 }
 
-for tool in "$venv/python" "$venv/kubernetes-validate" "$venv/hadolint"; do
+for tool in "$venv/python" "$venv/kubernetes-validate" "$venv/hadolint" "$(command -v promtool || echo promtool)"; do
 	if [[ ! -x "$tool" ]]; then
-		echo "deploy_check: $tool is missing; run 'make venv' first" >&2
+		echo "deploy_check: $tool is missing; run 'make venv tools' first" >&2
 		exit 2
 	fi
 done
@@ -55,9 +61,22 @@ if [[ ! -x "$kustomize" || "$("$kustomize" version 2>/dev/null)" != "$KUSTOMIZE_
 fi
 echo "== kustomize $("$kustomize" version)"
 
-# validate LABEL FILE: every document of FILE against every pinned Kubernetes version.
+operator="$(go mod download -json "$PROMETHEUS_OPERATOR" | "$venv/python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+crds=("$operator/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml")
+echo "== custom resource definitions from $PROMETHEUS_OPERATOR"
+
+# validate LABEL FILE: every custom resource of FILE against its CRD, every other document
+# against every pinned Kubernetes version.
 validate() {
-	local label="$1" file="$2" version output status passed
+	local label="$1" file="$2" version output status passed core="$work/core.yaml"
+	if ! output="$(cd "$root" && "$venv/python" -m devtools.custom_resources "$file" "$core" "${crds[@]}" 2>&1)"; then
+		fail "$label against its CustomResourceDefinitions:"
+		indent <<<"$output"
+		return
+	fi
+	[[ -z "$output" ]] || sed "s|^ok   |ok   $label: |" <<<"$output"
+	[[ -s "$core" ]] || return 0
+	file="$core"
 	for version in "${KUBERNETES_VERSIONS[@]}"; do
 		status=0
 		output="$("$venv/kubernetes-validate" --strict --kubernetes-version "$version" "$file" 2>&1)" ||
@@ -118,6 +137,22 @@ if output="$("$venv/hadolint" "${HADOLINT_FLAGS[@]}" Dockerfile 2>&1)"; then
 else
 	fail "hadolint Dockerfile:"
 	indent <<<"$output"
+fi
+
+echo "== alert rules and dashboard"
+for check in "check rules monitoring/alerts.yml" "test rules monitoring/alerts_test.yml"; do
+	# shellcheck disable=SC2086 # the words of $check are promtool's arguments
+	if output="$(promtool $check 2>&1)"; then
+		echo "ok   promtool $check"
+	else
+		fail "promtool $check:"
+		indent <<<"$output"
+	fi
+done
+if output="$("$venv/python" -m devtools.monitoring --check 2>&1)"; then
+	echo "ok   k8s/monitoring/prometheusrule.yaml and monitoring/dashboard.json are up to date"
+else
+	fail "$output"
 fi
 
 if ((failures > 0)); then
