@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: help venv tools monitoring lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
+.PHONY: help venv tools monitoring image image-test lint unit coverage simulate integration test demo bench kafka-up kafka-down sim-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,9 +65,16 @@ coverage: venv ## unit tests with branch coverage of src/
 	$(BIN)/coverage report
 
 integration: venv tools kafka-up sim-build ## tests against the real broker, the simulator and the service process
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -m "not image"
 
-test: venv tools lint kafka-up sim-build ## everything CI runs: lint, the simulator's tests, unit, integration
+image: ## build the image from the Dockerfile with buildah (its base made locally when missing)
+	bash testbed/image/build.sh
+
+image-test: venv image kafka-up sim-build ## run the image as the Job does: both listeners, probes, SIGTERM, bad config
+	$(BIN)/pytest tests/integration/test_image.py
+	@cat .local/image-test.json
+
+test: venv tools lint kafka-up sim-build image ## everything CI runs: lint, the simulator's tests, unit, integration, image
 	cd testbed/simulator && go vet ./... && go test ./...
 	$(BIN)/pytest tests
 

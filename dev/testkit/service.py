@@ -28,12 +28,15 @@ class LoaderProcess:
         self._process: asyncio.subprocess.Process | None = None
         self.exit_code: int | None = None
 
+    def command(self) -> list[str]:
+        """What starts the service; its environment is the Job's variables and nothing else."""
+        return [str(COMMAND), "run"]
+
     async def start(self) -> LoaderProcess:
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         with self.log_path.open("wb") as out:
             self._process = await asyncio.create_subprocess_exec(
-                str(COMMAND),
-                "run",
+                *self.command(),
                 env={**base, **self._env},
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
@@ -98,3 +101,24 @@ def loader_env(
         "LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+def sasl_env(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    sim: Simulator,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    ca_path: Path | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The Job's environment for the SASL_SSL listener, as the `producer` user by default."""
+    env = loader_env(broker, topics, sim, **extra)
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_ssl,
+        "KAFKA_USER_PRODUCER": user or broker.producer_user,
+        "KAFKA_PASSWORD_PRODUCER": password or broker.producer_password,
+        "CA_PATH": str(ca_path or broker.ca_path),
+    }
+    return env

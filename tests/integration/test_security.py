@@ -27,7 +27,7 @@ from testkit.logs import json_lines, wait_for_log
 from testkit.net import free_port, http_get
 from testkit.prometheus import by_label
 from testkit.recorded import CURRENT, LEGACY, expected_message, trades
-from testkit.service import LoaderProcess, loader_env
+from testkit.service import LoaderProcess, loader_env, sasl_env
 from testkit.simulator import Simulator
 from testkit.telemetry import assert_telemetry, events_of
 from testkit.topics import (
@@ -118,27 +118,6 @@ def assert_nothing_read_from_the_exchange(sim: Simulator) -> None:
     state = sim.state()
     assert state["connections"]["accepted"] == 0
     assert state["sent_trades"] == 0
-
-
-def sasl_env(
-    broker: BrokerEnv,
-    topics: TopicSet,
-    sim: Simulator,
-    *,
-    user: str | None = None,
-    password: str | None = None,
-    ca_path: Path | None = None,
-    **extra: str,
-) -> dict[str, str]:
-    """The Job's environment for the SASL_SSL listener, as the `producer` user by default."""
-    env = loader_env(broker, topics, sim, **extra)
-    env |= {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_ssl,
-        "KAFKA_USER_PRODUCER": user or broker.producer_user,
-        "KAFKA_PASSWORD_PRODUCER": password or broker.producer_password,
-        "CA_PATH": str(ca_path or broker.ca_path),
-    }
-    return env
 
 
 class Relay:
