@@ -1,5 +1,6 @@
 # loader-ws-trades: the Kubernetes Job's image. Build from the repository root:
 #   docker build -t loader-ws-trades:0.1.0 --build-arg VERSION=0.1.0 .
+# or without a Docker engine: make image (buildah; see testbed/image/build.sh).
 
 # The same patch release in both stages: the venv's interpreter is the final image's.
 FROM python:3.11.14-slim-bookworm AS builder
