@@ -13,12 +13,15 @@ localhost:<base+1> (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN; certificate signed by
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = REPO_ROOT / "testbed" / "kafka" / "kafka.sh"
+KAFKA_POM = REPO_ROOT / "testbed" / "kafka" / "pom.xml"
+KAFKA_TOOLS_LOG_CONFIG = REPO_ROOT / "testbed" / "kafka" / "log4j2-tools.properties"
 DEFAULT_PORT_BASE = 19092
 _TIMEOUT_SECONDS = 900.0  # the very first `up` downloads the Kafka jars
 
@@ -104,6 +107,35 @@ def load_env(instance: str = "main") -> BrokerEnv:
             f"KAFKA_INSTANCE={instance} bash testbed/kafka/kafka.sh up"
         ) from None
     return parse_env(text)
+
+
+def kafka_jars() -> Path:
+    """The folder of the Kafka release's jars that kafka.sh resolved and runs the broker from."""
+    pom = KAFKA_POM.read_text(encoding="utf-8")
+    version = re.search(r"<kafka.version>(.+?)</kafka.version>", pom)
+    if version is None:
+        raise BrokerError(f"no <kafka.version> in {KAFKA_POM}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    libs = cache / "loader-ws-trades" / f"kafka-{version.group(1)}" / "libs"
+    if not (libs / ".complete").exists():
+        raise BrokerError(f"{libs} is not complete: start the broker once (make kafka-up)")
+    return libs
+
+
+def kafka_tool(main_class: str) -> list[str]:
+    """The command line of one of Kafka's tools (what its bin/*.sh scripts run), as kafka.sh
+    runs them: a small, quick JVM that logs warnings and errors only."""
+    java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
+    return [
+        str(java),
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={KAFKA_TOOLS_LOG_CONFIG}",
+        "-cp",
+        f"{kafka_jars()}/*",
+        main_class,
+    ]
 
 
 class LocalBroker:
