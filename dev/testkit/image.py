@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Final
 
-from testkit.service import REPO_ROOT, LoaderProcess
+from testkit.service import LoaderProcess
 
-VERSION: Final = re.search(
-    r'^version = "([^"]+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.M
-).group(1)  # type: ignore[union-attr]
+VERSION: Final = version("loader-ws-trades")
 IMAGE: Final = f"localhost/loader-ws-trades:{VERSION}"
 BASE_IMAGE: Final = "docker.io/library/python:3.11.14-slim-bookworm"
 

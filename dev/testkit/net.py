@@ -31,3 +31,19 @@ async def http_get(url: str, timeout: float = 10.0) -> str:
     """The body of ``url`` (whatever its status), without blocking the event loop."""
     _, body = await asyncio.to_thread(fetch, url, timeout)
     return body
+
+
+async def until_http(url: str, status: int, timeout: float = 30.0) -> str:
+    """Poll an HTTP endpoint (the only way to observe it) until it answers ``status``; a
+    server not listening yet (a process still starting) counts as not answering it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            code, body = await asyncio.to_thread(fetch, url)
+        except OSError as error:
+            code, body = 0, str(error)
+        if code == status:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{url} answered {code}, not {status}: {body[:500]}")
+        await asyncio.sleep(0.2)

@@ -3,7 +3,6 @@ read-only root, UID 10001, no capabilities, against the real broker and the simu
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from testkit.image import BASE_IMAGE, IMAGE, ImageProcess, inspect, run_in_image
 from testkit.kafka_broker import BrokerEnv
-from testkit.net import fetch, free_port
+from testkit.net import free_port, until_http
 from testkit.prometheus import sample
 from testkit.recorded import CURRENT
 from testkit.service import REPO_ROOT, LoaderProcess, loader_env, sasl_env
@@ -35,21 +34,6 @@ REPORT = REPO_ROOT / ".local" / "image-test.json"
 
 def exact(records: list[Record]) -> list[tuple[bytes | None, bytes, int]]:
     return [(r.key, r.value, r.partition) for r in records]
-
-
-async def until_ok(url: str, timeout: float = 30.0) -> str:
-    """Poll an HTTP endpoint (the only way to observe it) until it answers 200."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            status, body = await asyncio.to_thread(fetch, url)
-        except OSError:
-            status, body = 0, ""
-        if status == 200:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{url}: {status} {body[:300]}")
-        await asyncio.sleep(0.2)
 
 
 async def test_the_image_publishes_byte_for_byte_what_the_venv_publishes(
@@ -79,9 +63,9 @@ async def test_the_image_publishes_byte_for_byte_what_the_venv_publishes(
     try:
         await read_all(broker.plaintext, image_topics.data, until=bool, timeout=60)
         first_trade = time.monotonic() - started
-        metrics = await until_ok(f"http://127.0.0.1:{port}/metrics")
+        metrics = await until_http(f"http://127.0.0.1:{port}/metrics", 200)
         assert sample(metrics, "loader_trades_received_total", symbol="BTCUSDT") > 0
-        ready = json.loads(await until_ok(f"http://127.0.0.1:{port}/readyz"))
+        ready = json.loads(await until_http(f"http://127.0.0.1:{port}/readyz", 200))
         assert ready == {"ready": True, "exchange_connected": True, "broker_reachable": True}
         assert await container.wait(90) == 0, container.output()[-3000:]
     finally:

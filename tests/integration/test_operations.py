@@ -8,23 +8,11 @@ import re
 from collections.abc import Callable
 
 from testkit.kafka_broker import BrokerEnv
-from testkit.net import fetch, free_port
+from testkit.net import fetch, free_port, until_http
 from testkit.prometheus import sample
 from testkit.service import COMMAND, LoaderProcess, loader_env
 from testkit.simulator import Simulator
 from testkit.topics import TopicSet, read_all
-
-
-async def until_http(url: str, status: int, timeout: float = 30.0) -> str:
-    """Poll an HTTP endpoint (the only way to observe it) until it answers ``status``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        code, body = await asyncio.to_thread(fetch, url)
-        if code == status:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{url} answered {code}, not {status}: {body}")
-        await asyncio.sleep(0.2)
 
 
 async def test_metrics_and_health_over_http(
