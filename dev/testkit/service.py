@@ -59,6 +59,22 @@ class LoaderProcess:
             ) from None
         return self.exit_code
 
+    async def catching(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> float:
+        """Wait until the process handles ``signum`` itself, as the kernel's mask of caught
+        signals tells; until then the interpreter is starting and the default action applies.
+        Returns the seconds that took from now."""
+        bit = 1 << (signum - 1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not caught_signals(self.pid) & bit:
+            if loop.time() - began > timeout:
+                raise AssertionError(
+                    f"the loader took no {signal.Signals(signum).name} handler within "
+                    f"{timeout:g} s; output:\n{self.output()[-3000:]}"
+                )
+            await asyncio.sleep(0.001)
+        return loop.time() - began
+
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self._process is not None
         self._process.send_signal(signum)
@@ -73,6 +89,14 @@ class LoaderProcess:
 
     def log_lines(self) -> list[dict[str, Any]]:
         return json_lines(self.output())
+
+
+def caught_signals(pid: int) -> int:
+    """The mask of signals a process has handlers for (``SigCgt`` in ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
 
 
 def loader_env(

@@ -405,7 +405,8 @@ class BinanceTradeFeed(TradeFeed):
             return  # being shut already (a replaced connection): ``close`` awaits that
         link.closing = True
         try:
-            await asyncio.wait_for(link.ws.close(), self._tuning.close_timeout + 1)
+            async with asyncio.timeout(self._tuning.close_timeout + 1):
+                await link.ws.close()
         except TimeoutError:
             pass
         finally:

@@ -25,11 +25,12 @@ async def send_command(
     """Publish one control command and wait for the broker's acknowledgement."""
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **connection.options())
     try:
-        await asyncio.wait_for(producer.start(), timeout)
-        await asyncio.wait_for(
-            producer.send_and_wait(topic, encode_command(command), key=command.queue_id.encode()),
-            timeout,
-        )
+        async with asyncio.timeout(timeout):
+            await producer.start()
+        async with asyncio.timeout(timeout):
+            await producer.send_and_wait(
+                topic, encode_command(command), key=command.queue_id.encode()
+            )
     except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
         failure = (
             await diagnose(connection)

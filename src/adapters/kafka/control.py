@@ -55,7 +55,8 @@ class KafkaControlChannel(ControlChannel):
 
     async def caught_up(self) -> None:
         try:
-            await asyncio.wait_for(self._caught_up.wait(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._caught_up.wait()
         except TimeoutError:
             raise BrokerUnavailableError(
                 f"the commands retained in {self._topic} could not be read within "

@@ -89,15 +89,13 @@ async def diagnose(connection: KafkaConnection, timeout: float = 10.0) -> Loader
     for server in options.pop("bootstrap_servers"):
         host, _, port = server.rpartition(":")
         try:
-            conn = await asyncio.wait_for(
-                create_conn(
+            async with asyncio.timeout(timeout):
+                conn = await create_conn(
                     host or "localhost",
                     int(port),
                     request_timeout_ms=int(timeout * 1000),
                     **options,
-                ),
-                timeout,
-            )
+                )
         except Exception as error:  # noqa: BLE001 - every failure is classified below
             failure = classify_kafka_error(error, connection)
             if not isinstance(failure, BrokerUnavailableError):

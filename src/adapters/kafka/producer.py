@@ -54,7 +54,8 @@ async def start_producer(
             **connection.options(),
         )
         try:
-            await asyncio.wait_for(producer.start(), max(1.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                await producer.start()
         except asyncio.CancelledError:
             await stop_quietly(producer)  # a stop during start-up
             raise
@@ -79,7 +80,8 @@ async def start_producer(
 async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
     """Stop the producer; its own ``stop()`` can wait forever on an unreachable broker."""
     try:
-        await asyncio.wait_for(producer.stop(), timeout)
+        async with asyncio.timeout(timeout):
+            await producer.stop()
     except TimeoutError:
         logger.error(
             "Kafka producer did not stop within {timeout:g} s; abandoning it", timeout=timeout
@@ -90,4 +92,5 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
 
 async def stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.stop(), 5.0)
+        async with asyncio.timeout(5.0):
+            await client.stop()

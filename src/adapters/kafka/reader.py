@@ -40,7 +40,8 @@ async def read_from_start(
     backlog_read = caught_up or asyncio.Event()
     try:
         try:
-            await asyncio.wait_for(consumer.start(), timeout)
+            async with asyncio.timeout(timeout):
+                await consumer.start()
             ends = await _assign_from_start(consumer, topic, poll_interval, backlog_read)
         except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
             raise classify_kafka_error(error, connection) from None

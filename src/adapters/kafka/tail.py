@@ -231,11 +231,11 @@ class KafkaTopicTail(TopicTail):
             **self._connection.options(),
         )
         try:
-            await asyncio.wait_for(consumer.start(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await consumer.start()
             log = _ConsumerLog(consumer, self._topic)
-            return await asyncio.wait_for(
-                newest_trades(log, symbols, self._max_scan), self._timeout * 5
-            )
+            async with asyncio.timeout(self._timeout * 5):
+                return await newest_trades(log, symbols, self._max_scan)
         except (kafka_errors.KafkaError, OSError, TimeoutError) as error:
             raise classify_kafka_error(error, self._connection) from None
         finally:

@@ -56,12 +56,10 @@ class KafkaEventPublisher(EventPublisher):
         if timeout is not None:
             limit = min(limit, timeout)
         try:
-            await asyncio.wait_for(
-                self._producer.send_and_wait(
+            async with asyncio.timeout(limit):
+                await self._producer.send_and_wait(
                     self._topic, encode_event(event), key=event.queue_id.encode()
-                ),
-                limit,
-            )
+                )
             self._unacknowledged = False
         except TimeoutError:
             self._unacknowledged = True

@@ -124,9 +124,8 @@ class KafkaTradePublisher(TradePublisher):
         if self._closed:
             raise RuntimeError("the trade publisher is closed")
         try:
-            partitions = await asyncio.wait_for(
-                self._producer.partitions_for(self._topic), self._tuning.connect_timeout
-            )
+            async with asyncio.timeout(self._tuning.connect_timeout):
+                partitions = await self._producer.partitions_for(self._topic)
         except (kafka_errors.KafkaError, TimeoutError) as error:
             raise classify_kafka_error(error, self._connection) from None
         ordered = sorted(partitions)
@@ -293,7 +292,8 @@ class KafkaTradePublisher(TradePublisher):
             self._seal(batch)
         if self._pending and self._failure is None:
             try:
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
             except TimeoutError:
                 raise BrokerUnavailableError(
                     f"{self._pending} trades were not acknowledged by Kafka within {timeout:g} s"
@@ -318,7 +318,8 @@ class KafkaTradePublisher(TradePublisher):
             silent = self._clock.monotonic() - self._last_progress
             remaining = self._tuning.outage_timeout - silent
             try:
-                await asyncio.wait_for(event.wait(), max(0.05, min(remaining, 1.0)))
+                async with asyncio.timeout(max(0.05, min(remaining, 1.0))):
+                    await event.wait()
             except TimeoutError:
                 self._health.reachable = False
                 self._check_outage()
