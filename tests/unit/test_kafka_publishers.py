@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
@@ -15,12 +16,14 @@ from loguru import logger
 from adapters.clock import SystemClock
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.health import BrokerHealth
+from adapters.kafka.metadata import partition_for
 from adapters.kafka.telemetry import EventProducer, KafkaEventPublisher
 from adapters.kafka.trades import BatchProducer, KafkaTradePublisher
 from adapters.metrics import RunStats
 from domain.errors import BrokerUnavailableError, LoaderError
 from domain.messages import TelemetryEvent
 from domain.state import Status
+from domain.trade import Trade
 from testkit.factories import make_trades
 from testkit.settings import settings
 
@@ -42,8 +45,9 @@ TOPIC = "trades"
 class FakeProducer(BatchProducer, EventProducer):
     """Hands out real record batches; each sent batch's future is settled by the test."""
 
-    def __init__(self, partitions: int = 1) -> None:
+    def __init__(self, partitions: int = 1, *, acks_at_once: bool = False) -> None:
         self.partitions = partitions
+        self.acks_at_once = acks_at_once
         self.sent: list[tuple[BatchBuilder, int, asyncio.Future[Any]]] = []
         self.raise_on_send: BaseException | None = None
         self.events_hang = False
@@ -61,6 +65,8 @@ class FakeProducer(BatchProducer, EventProducer):
         if self.raise_on_send is not None:
             raise self.raise_on_send
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.acks_at_once:
+            future.set_result(None)
         self.sent.append((batch, partition, future))
         self._sent.set()
         return future
@@ -198,3 +204,64 @@ async def test_close_ends_the_shipper_it_started_and_leaves_no_task_behind() -> 
         await sut.publish(make_trades(2, 2)[0], 0.0)
     with pytest.raises(RuntimeError, match="closed"):
         await sut.start(["BTCUSDT"])
+
+
+def interleaved(symbols: list[str], first: int, last: int) -> list[Trade]:
+    """Trades ``first..last`` of each symbol, in turn, as a combined stream mixes them."""
+    per_symbol = [make_trades(first, last, symbol=symbol) for symbol in symbols]
+    return [trade for round_ in zip(*per_symbol, strict=True) for trade in round_]
+
+
+def keys_and_ids(batch: BatchBuilder) -> list[tuple[str, int]]:
+    return [
+        (bytes(record.key).decode(), orjson.loads(bytes(record.value))["trade_id"])
+        for record in DefaultRecordBatch(bytes(batch._build()))
+    ]
+
+
+async def test_the_trades_of_every_symbol_bound_for_a_partition_share_its_batch() -> None:
+    producer = FakeProducer(partitions=1, acks_at_once=True)
+    sut = publisher(producer)
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+    await sut.start(symbols)
+    trades = interleaved(symbols, 1, 4)
+    for trade in trades:
+        await sut.publish(trade, 0.0)
+    await sut.flush(1.0)
+    # One request carries one batch per partition: a batch per symbol would hold one trade each.
+    assert len(producer.sent) == 1
+    assert keys_and_ids(producer.sent[0][0]) == [(t.symbol, t.trade_id) for t in trades]
+    assert sut.acknowledged() == len(trades)
+
+
+async def test_symbols_of_other_partitions_go_in_their_own_partitions_batch() -> None:
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"]
+    producer = FakeProducer(partitions=2)
+    sut = publisher(producer)
+    await sut.start(symbols)
+    home = {symbol: partition_for(symbol, [0, 1]) for symbol in symbols}
+    assert set(home.values()) == {0, 1}, "the test needs symbols in both partitions"
+    trades = interleaved(symbols, 1, 3)
+    for trade in trades:
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(2)
+    assert sorted(partition for _, partition, _ in producer.sent) == [0, 1]
+    for batch, partition, _ in producer.sent:
+        expected = [(t.symbol, t.trade_id) for t in trades if home[t.symbol] == partition]
+        assert keys_and_ids(batch) == expected
+
+
+async def test_a_refused_batch_of_several_symbols_names_each_symbols_trades() -> None:
+    producer = FakeProducer(partitions=1)
+    sut = publisher(producer)
+    await sut.start(["BTCUSDT", "ETHUSDT"])
+    for trade in interleaved(["BTCUSDT", "ETHUSDT"], 5, 7):
+        await sut.publish(trade, 0.0)
+    await producer.wait_sent(1)
+    producer.sent[0][2].set_exception(RuntimeError("request timed out"))
+    with pytest.raises(LoaderError, match=r"BTCUSDT trades 5\.\.7 \(3\), ETHUSDT trades 5\.\.7"):
+        await sut.flush(1.0)
+    assert sorted((g.symbol, g.first_id, g.last_id) for g in sut.unwritten()) == [
+        ("BTCUSDT", 5, 7),
+        ("ETHUSDT", 5, 7),
+    ]

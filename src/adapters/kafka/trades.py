@@ -52,31 +52,50 @@ class BatchProducer(Protocol):
 
 
 class _OpenBatch:
-    """A record batch of one symbol being filled, and when each of its trades arrived."""
+    """A record batch of one partition being filled: which trades of which symbols it holds,
+    and when each of them arrived."""
 
-    __slots__ = ("builder", "first_id", "last_id", "linger", "received", "sealed", "symbol")
+    __slots__ = ("builder", "linger", "partition", "received", "runs", "sealed")
 
-    def __init__(self, builder: BatchBuilder, symbol: str) -> None:
+    def __init__(self, builder: BatchBuilder, partition: int) -> None:
         self.builder = builder
-        self.symbol = symbol
+        self.partition = partition
         self.linger: asyncio.TimerHandle | None = None
         self.received: list[float] = []
         self.sealed = False
-        self.first_id = -1
-        self.last_id = -1
+        self.runs: dict[str, list[int]] = {}
+        """Per symbol, in order of first appearance: [first trade id, last trade id, count]."""
+
+    def add(self, symbol: str, trade_id: int, received_at: float) -> None:
+        run = self.runs.get(symbol)
+        if run is None:
+            self.runs[symbol] = [trade_id, trade_id, 1]
+        else:
+            run[1] = trade_id
+            run[2] += 1
+        self.received.append(received_at)
 
     @property
-    def trades(self) -> Gap:
-        return Gap(self.symbol, self.first_id, self.last_id)
+    def trades(self) -> list[Gap]:
+        return [Gap(symbol, first, last) for symbol, (first, last, _) in self.runs.items()]
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{symbol} trades {first}..{last} ({count})"
+            for symbol, (first, last, count) in self.runs.items()
+        )
 
 
 class KafkaTradePublisher(TradePublisher):
     """Publishes trades keyed by symbol, building record batches itself, many in flight.
 
-    Appending to a batch costs a fraction of a per-message ``send()``. A batch is sealed when
-    full or ``linger_ms`` after its first trade, then shipped by one task in sealing order, so
-    each symbol's trades reach its partition in order; the idempotent producer keeps them free
-    of duplicates across retries. Acknowledgements are counted per batch.
+    Appending to a batch costs a fraction of a per-message ``send()``. Every trade bound for a
+    partition goes into that partition's open batch, whatever its symbol: the client sends one
+    batch per partition per request, so batches of one symbol each would carry a trade or two
+    when many symbols share a partition. A batch is sealed when full or ``linger_ms`` after its
+    first trade, then shipped by one task in sealing order, so each symbol's trades (a symbol
+    has one partition) reach it in order; the idempotent producer keeps them free of
+    duplicates across retries. Acknowledgements are counted per batch.
     """
 
     def __init__(
@@ -99,7 +118,8 @@ class KafkaTradePublisher(TradePublisher):
         self._linger = tuning.linger_ms / 1000
         self._partitions: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
-        self._open: dict[str, _OpenBatch] = {}
+        self._open: dict[int, _OpenBatch] = {}
+        """The batch being filled, per partition."""
         self._sealed: deque[_OpenBatch] = deque()
         self._has_sealed = asyncio.Event()
         self._shipper: asyncio.Task[None] | None = None
@@ -144,21 +164,21 @@ class KafkaTradePublisher(TradePublisher):
             if self._pending >= self._tuning.max_in_flight_trades:
                 await self._wait(self._window_open, "in-flight window to free up")
         symbol = trade.symbol
-        batch = self._open.get(symbol)
+        partition = self._partitions.get(symbol)
+        if partition is None:
+            await self.start([symbol])
+            partition = self._partitions[symbol]
+        batch = self._open.get(partition)
         if batch is None:
-            if symbol not in self._partitions:
-                await self.start([symbol])
-            batch = self._start(symbol)
+            batch = self._start(partition)
+        key = self._keys[symbol]
         value = encode_trade(trade)
-        if batch.builder.append(timestamp=None, key=self._keys[symbol], value=value) is None:
+        if batch.builder.append(timestamp=None, key=key, value=value) is None:
             self._seal(batch)
-            batch = self._start(symbol)
-            if batch.builder.append(timestamp=None, key=self._keys[symbol], value=value) is None:
+            batch = self._start(partition)
+            if batch.builder.append(timestamp=None, key=key, value=value) is None:
                 raise BrokerUnavailableError(f"a trade message of {len(value)} bytes fits no batch")
-        if not batch.received:
-            batch.first_id = trade.trade_id
-        batch.last_id = trade.trade_id
-        batch.received.append(received_at)
+        batch.add(symbol, trade.trade_id, received_at)
         if self._pending == 0:
             self._last_progress = self._clock.monotonic()
             self._idle.clear()
@@ -166,11 +186,11 @@ class KafkaTradePublisher(TradePublisher):
         if self._pending >= self._tuning.max_in_flight_trades:
             self._window_open.clear()
 
-    def _start(self, symbol: str) -> _OpenBatch:
+    def _start(self, partition: int) -> _OpenBatch:
         if self._closed:
             raise RuntimeError("the trade publisher is closed")
-        batch = _OpenBatch(self._producer.create_batch(), symbol)
-        self._open[symbol] = batch
+        batch = _OpenBatch(self._producer.create_batch(), partition)
+        self._open[partition] = batch
         batch.linger = asyncio.get_running_loop().call_later(self._linger, self._seal, batch)
         return batch
 
@@ -180,8 +200,8 @@ class KafkaTradePublisher(TradePublisher):
         batch.sealed = True
         if batch.linger is not None:
             batch.linger.cancel()
-        if self._open.get(batch.symbol) is batch:
-            del self._open[batch.symbol]
+        if self._open.get(batch.partition) is batch:
+            del self._open[batch.partition]
         if batch.received:
             # Closed, the accumulator sends it as soon as the partition is free.
             batch.builder.close()
@@ -205,11 +225,10 @@ class KafkaTradePublisher(TradePublisher):
             self._fail(BrokerUnavailableError(f"the Kafka client failed unexpectedly: {error!r}"))
 
     async def _send(self, batch: _OpenBatch) -> asyncio.Future[Any]:
-        partition = self._partitions[batch.symbol]
         while True:
             try:
                 future: asyncio.Future[Any] = await self._producer.send_batch(
-                    batch.builder, self._topic, partition=partition
+                    batch.builder, self._topic, partition=batch.partition
                 )
             except kafka_errors.KafkaTimeoutError:
                 # Nothing was queued: the broker is slow or away. Retrying keeps the order.
@@ -237,18 +256,16 @@ class KafkaTradePublisher(TradePublisher):
         self._acked += count
         self._last_progress = now
         self._health.reachable = True
-        self._stats.published[batch.symbol] += count
+        published = self._stats.published
+        for symbol, (_, _, in_batch) in batch.runs.items():
+            published[symbol] += in_batch
         observe = self._stats.latency.observe
         for received_at in batch.received:
             observe(now - received_at)
 
     def _refused(self, batch: _OpenBatch, error: LoaderError) -> None:
-        lost = batch.trades
-        self._unwritten.append(lost)
-        failure = type(error)(
-            f"{error}; {lost.symbol} trades {lost.first_id}..{lost.last_id} "
-            f"({len(batch.received)}) were not written"
-        )
+        self._unwritten.extend(batch.trades)
+        failure = type(error)(f"{error}; {batch.describe()} were not written")
         if self._failure is not None:
             # The run is failing already; each batch lost is still told, by its trades.
             logger.error("Kafka refused trades: {error}", error=str(failure))
