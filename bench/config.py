@@ -47,12 +47,19 @@ TEN_SYMBOLS: Final = (
 )
 
 
+def symbols(count: int) -> tuple[str, ...]:
+    """``count`` symbols: the ten above, then made-up ones the simulator trades alike."""
+    made_up = tuple(f"X{number:04d}USDT" for number in range(count - len(TEN_SYMBOLS)))
+    return (*TEN_SYMBOLS, *made_up)[:count]
+
+
 SCENARIOS: Final = (
     "simbench",
     "ceiling-1",
     "throughput-1",
     "ceiling-10",
     "throughput-10",
+    "throughput-200",
     "latency-1000",
     "latency-10000",
     "hot-path",

@@ -267,7 +267,11 @@ def render_tables(results: dict[str, Any]) -> str:
 def _throughput_tables(scen: dict[str, Any]) -> list[str]:
     rows: list[str] = []
     details: list[str] = []
-    for key, title in (("1", "1 (raw stream)"), ("10", "10 (combined stream)")):
+    for key, title in (
+        ("1", "1 (raw stream)"),
+        ("10", "10 (combined stream)"),
+        ("200", "200 (combined stream)"),
+    ):
         ceiling = scen.get(f"ceiling-{key}")
         loader = scen.get(f"throughput-{key}")
         sim = scen.get("simbench", {}).get(f"symbols_{key}")
@@ -415,7 +419,7 @@ def print_summary(results: dict[str, Any]) -> None:
         verdict = "-" if met is None else ("met" if met else "MISSED")
         print(f"{name:<44} {goal:<22} {measured}  [{verdict}]")
     scen = results["scenarios"]
-    for key in ("1", "10"):
+    for key in ("1", "10", "200"):
         loader = scen.get(f"throughput-{key}")
         ceiling = scen.get(f"ceiling-{key}")
         if loader and ceiling and loader["trades_per_s"]:

@@ -10,9 +10,10 @@ Scenarios (``--only`` takes one or more of these names, comma-separated):
   symbol, one ``send()`` per trade without awaiting its future, then ``flush()``). A second
   loop with ``create_batch()``/``send_batch()`` shows what the producer can do without the
   per-message path.
-- ``throughput-1``, ``throughput-10``: the real ``loader-ws-trades`` process fed as fast as it
-  reads (simulator ``--rate 0``), one symbol on the raw stream and ten on the combined stream,
-  stopped by ``STOP_AFTER_RECORDS``; the topic must then hold exactly every trade.
+- ``throughput-1``, ``throughput-10``, ``throughput-200``: the real ``loader-ws-trades`` process
+  fed as fast as it reads (simulator ``--rate 0``), one symbol on the raw stream, ten and 200
+  on the combined stream, stopped by ``STOP_AFTER_RECORDS``; the topic must then hold exactly
+  every trade.
 - ``latency-1000``, ``latency-10000``: fixed rates; quantiles of the service's own
   ``loader_publish_latency_seconds`` histogram (frame receipt to broker acknowledgement).
 - ``hot-path``: pytest-benchmark of frame text -> ``FrameDecoder.decode`` -> ``encode_trade``.
@@ -47,6 +48,7 @@ from bench.config import (
     Context,
     Plan,
     log,
+    symbols,
 )
 from bench.report import code_state, machine_info, print_summary, settings_info, targets, write_docs
 from bench.scenarios import (
@@ -105,7 +107,7 @@ def selected(only: str | None) -> list[str]:
     wanted = [name.strip() for name in only.split(",") if name.strip()]
     aliases = {
         "ceiling": ["ceiling-1", "ceiling-10"],
-        "throughput": ["throughput-1", "throughput-10"],
+        "throughput": ["throughput-1", "throughput-10", "throughput-200"],
         "latency": ["latency-1000", "latency-10000"],
     }
     names: list[str] = []
@@ -151,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput-1": lambda: scenario_throughput(ctx, TEN_SYMBOLS[:1]),
         "ceiling-10": lambda: scenario_ceiling(ctx, TEN_SYMBOLS),
         "throughput-10": lambda: scenario_throughput(ctx, TEN_SYMBOLS),
+        "throughput-200": lambda: scenario_throughput(ctx, symbols(200)),
         "latency-1000": lambda: scenario_latency(ctx, 1000),
         "latency-10000": lambda: scenario_latency(ctx, 10_000),
         "hot-path": lambda: scenario_hot_path(ctx),
