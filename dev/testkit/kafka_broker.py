@@ -49,6 +49,11 @@ class BrokerEnv:
     pid_file: Path
     log: Path
 
+    @property
+    def data_dir(self) -> Path:
+        """The broker's ``log.dirs``: one folder of segment files per topic partition."""
+        return self.log.parent / "data"
+
     def __repr__(self) -> str:
         return (
             f"BrokerEnv(instance={self.instance!r}, plaintext={self.plaintext!r}, "
@@ -136,6 +141,22 @@ def kafka_tool(main_class: str) -> list[str]:
         f"{kafka_jars()}/*",
         main_class,
     ]
+
+
+def batch_codecs(env: BrokerEnv, topic: str) -> set[str]:
+    """The compression codecs of the record batches stored for ``topic``, as Kafka's own
+    ``kafka-dump-log.sh`` reads them from the segment files."""
+    segments = sorted(str(path) for path in env.data_dir.glob(f"{topic}-*/*.log"))
+    if not segments:
+        raise BrokerError(f"no segment files for {topic} in {env.data_dir}")
+    dump = subprocess.run(
+        [*kafka_tool("org.apache.kafka.tools.DumpLogSegments"), "--files", ",".join(segments)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(re.findall(r"compresscodec: (\w+)", dump.stdout))
 
 
 class LocalBroker:

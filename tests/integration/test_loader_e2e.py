@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.kafka_broker import BrokerEnv
+from testkit.kafka_broker import BrokerEnv, batch_codecs
 from testkit.recorded import CURRENT, LEGACY, expected_message, trades
 from testkit.service import LoaderProcess, loader_env
 from testkit.simulator import Simulator
@@ -40,6 +40,27 @@ async def test_recorded_trades_arrive_complete_in_order_once_and_exact(
     assert_telemetry(await events_of(broker, topics), env["QUEUE_ID"], "finished", len(recorded))
     state = sim.state()
     assert state["markets"]["BTCUSDT"]["first_id"] == recorded[0]["t"]
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "lz4", "zstd", "snappy"])
+async def test_every_compression_the_settings_accept_is_written_and_reads_back_exact(
+    broker: BrokerEnv,
+    topics: TopicSet,
+    simulator: Callable[..., Simulator],
+    loader: Callable[[dict[str, str]], LoaderProcess],
+    codec: str,
+) -> None:
+    recorded = {data["t"]: data for data in trades(CURRENT)}
+    sim = simulator("--market", f"BTCUSDT=replay:{CURRENT}", "--rate", "4000", "--keep-times")
+    env = loader_env(broker, topics, sim, STOP_AFTER_RECORDS="3000", KAFKA_COMPRESSION=codec)
+    process = await loader(env).start()
+    assert await process.wait(120) == 0, process.output()[-3000:]
+
+    records = await read_all(broker.plaintext, topics.data)
+    ids = trade_ids(records, "BTCUSDT")
+    assert ids == list(range(ids[0], ids[0] + 3000))
+    assert [r.exact() for r in records] == [expected_message(recorded[i], "BTCUSDT") for i in ids]
+    assert await asyncio.to_thread(batch_codecs, broker, topics.data) == {codec}
 
 
 async def test_two_symbols_over_one_combined_stream(
