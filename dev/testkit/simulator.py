@@ -259,7 +259,8 @@ class Simulator:
 
     def faults(self, **knobs: Any) -> dict[str, Any]:
         """Change fault knobs at runtime (drop_every, shutdown_after, lifetime, malformed_every,
-        rest_429_every, retry_after, flap, silent); returns all knobs. `faults()` only reads."""
+        rest_429_every, retry_after, flap, silent, max_incoming_per_sec); returns all knobs.
+        `faults()` only reads."""
         result: dict[str, Any] = self._request("POST", "/admin/faults", knobs)
         return result
 
@@ -270,6 +271,13 @@ class Simulator:
     def drop_all(self) -> None:
         """Abruptly close every open WebSocket connection (no close frame)."""
         self._request("POST", "/admin/drop")
+
+    def drop_carrying(self, symbol: str) -> int:
+        """Abruptly close the connections whose URL named `symbol`'s trade stream (one shard of
+        a client); how many were closed."""
+        stream = urllib.parse.quote(f"{symbol.lower()}@trade")
+        result: dict[str, Any] = self._request("POST", f"/admin/drop?stream={stream}")
+        return int(result["connections"])
 
     def shutdown_all(self) -> None:
         """Send serverShutdown to every open connection, then close each normally."""

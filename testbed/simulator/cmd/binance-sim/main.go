@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"binancesim/internal/sim"
 )
@@ -96,7 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		RESTURL string `json:"rest_url"`
 	}{"listening", addr.Port, "ws://" + hostPort + "/ws", "http://" + hostPort})
 	cfg.Logger.Info("listening", "addr", hostPort, "markets", cfg.Markets, "halted", cfg.Halted,
-		"rate", cfg.Rate, "pace", cfg.Pace, "count", cfg.Count, "start", cfg.Start, "faults", cfg.Faults)
+		"rate", cfg.Rate, "pace", cfg.Pace, "count", cfg.Count, "start", cfg.Start, "faults", cfg.Faults,
+		"connection_limit", cfg.ConnectionLimit, "connection_window", cfg.ConnectionWindow.String(), "ban_seconds", cfg.Ban.Seconds())
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -145,12 +147,16 @@ func parseFlags(args []string, stderr io.Writer) (sim.Config, string, string, er
 	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", cfg.ShutdownDelay, "time between a serverShutdown event and the close frame")
 	fs.Int64Var(&cfg.Window, "window", cfg.Window, "with --rate 0: how many trades a market may run ahead of its slowest subscriber")
 	fs.Int64Var(&cfg.Faults.DropEvery, "drop-every", 0, "fault: abruptly close the TCP connection (no close frame) after every N trades sent on a connection")
-	fs.Int64Var(&cfg.Faults.ShutdownAfter, "shutdown-after", 0, `fault: after N trades on a connection send {"e":"serverShutdown","E":ms}, stop sending trades on it, and close it normally after --shutdown-delay`)
+	fs.Int64Var(&cfg.Faults.ShutdownAfter, "shutdown-after", 0, `fault: after N trades on a connection send {"e":"serverShutdown","E":ms} (on /stream wrapped as {"stream":"!serverShutdown","data":{...}}), stop sending trades on it, and close it normally after --shutdown-delay`)
 	lifetime := fs.Duration("lifetime", 0, "fault: close each connection with a normal close frame after this long (Binance: 24h); 0 = never")
 	fs.Int64Var(&cfg.Faults.MalformedEvery, "malformed-every", 0, "fault: after every N good trades inject one bad frame, cycling through: "+strings.Join(sim.MalformedKinds(), ", "))
 	fs.Int64Var(&cfg.Faults.Rest429Every, "rest-429-every", 0, "fault: every Nth historicalTrades request answers 429 with Retry-After")
 	fs.Int64Var(&cfg.Faults.RetryAfter, "retry-after", cfg.Faults.RetryAfter, "seconds in the Retry-After header of --rest-429-every answers")
 	fs.Int64Var(&cfg.Faults.Flap, "flap", 0, "fault: the next N WebSocket connection attempts are accepted, then closed at once (no close frame)")
+	fs.Int64Var(&cfg.Faults.MaxIncomingPerSec, "max-incoming-per-sec", cfg.Faults.MaxIncomingPerSec, "close a connection (1008) whose client sends more than N messages (pings, pongs, text, binary) within one second, like Binance (5); 0 = no limit")
+	fs.Int64Var(&cfg.ConnectionLimit, "connection-limit", cfg.ConnectionLimit, "refuse (HTTP 429) WebSocket connection attempts of a client IP beyond N per --connection-window, like Binance (300 per 5m); 0 = no limit")
+	fs.DurationVar(&cfg.ConnectionWindow, "connection-window", cfg.ConnectionWindow, "the rolling window of --connection-limit")
+	banSecs := fs.Float64("ban-seconds", cfg.Ban.Seconds(), "REST: the first 418 ban of a client that asked again before a 429's Retry-After ran out; each further ban doubles (at most 3 days); 0 = no bans")
 	fs.Var(&silent, "silent", "fault: SYMBOL whose subscriptions get no trades while its market keeps trading (REST history grows), repeatable")
 	logPath := fs.String("log", "", "write the log (JSON lines) to FILE instead of stderr")
 	fs.Usage = func() {
@@ -159,7 +165,10 @@ func parseFlags(args []string, stderr io.Writer) (sim.Config, string, string, er
 		fmt.Fprint(fs.Output(), `
 All fault knobs can be changed at runtime: POST /admin/faults with a JSON object
 using the names with underscores (drop_every, shutdown_after, lifetime,
-malformed_every, rest_429_every, retry_after, flap, silent).
+malformed_every, rest_429_every, retry_after, flap, silent, max_incoming_per_sec).
+Binance limits: at most 1024 streams per connection (more: HTTP 400 before the
+upgrade, or a SUBSCRIBE error), --max-incoming-per-sec, --connection-limit,
+and 418 bans (--ban-seconds).
 Admin API: GET /admin/state; POST /admin/faults, /admin/start, /admin/drop,
 /admin/shutdown, /admin/pause, /admin/resume. See README.md.
 `)
@@ -179,6 +188,7 @@ Admin API: GET /admin/state; POST /admin/faults, /admin/start, /admin/drop,
 	}
 	cfg.Halted = halted
 	cfg.Faults.Lifetime = sim.Duration(*lifetime)
+	cfg.Ban = time.Duration(*banSecs * float64(time.Second))
 	cfg.Faults.Silent = silent
 	if cfg.Faults.Silent == nil {
 		cfg.Faults.Silent = []string{}

@@ -43,8 +43,15 @@ type Config struct {
 	PongTimeout   time.Duration
 	ShutdownDelay time.Duration // between serverShutdown and the close frame
 	Window        int64         // --rate 0: how far the market may run ahead of the slowest subscriber
-	Faults        Faults
-	Logger        *slog.Logger
+	// ConnectionLimit is how many WebSocket connection attempts one client IP
+	// may make per ConnectionWindow (Binance: 300 per 5 minutes); 0 = no limit.
+	ConnectionLimit  int64
+	ConnectionWindow time.Duration
+	// Ban is the first 418 ban of a REST client that did not wait out a 429's
+	// Retry-After; each further ban lasts twice as long. 0 = never ban.
+	Ban    time.Duration
+	Faults Faults
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns the defaults of the command line.
@@ -58,7 +65,11 @@ func DefaultConfig() Config {
 		PongTimeout:   60 * time.Second,
 		ShutdownDelay: time.Second,
 		Window:        4096,
-		Faults:        Faults{RetryAfter: 1},
+		// Binance's limits
+		ConnectionLimit:  300,
+		ConnectionWindow: 5 * time.Minute,
+		Ban:              120 * time.Second,
+		Faults:           Faults{RetryAfter: 1, MaxIncomingPerSec: 5},
 	}
 }
 
@@ -86,6 +97,12 @@ func (c *Config) validate() error {
 	if c.Window <= 0 {
 		c.Window = 4096
 	}
+	if c.ConnectionLimit < 0 || c.ConnectionLimit > maxRingLimit || c.Ban < 0 {
+		return fmt.Errorf("--connection-limit must be 0..%d and --ban-seconds >= 0", maxRingLimit)
+	}
+	if c.ConnectionLimit > 0 && c.ConnectionWindow <= 0 {
+		return fmt.Errorf("--connection-window must be > 0 with a --connection-limit")
+	}
 	return c.Faults.validate()
 }
 
@@ -100,12 +117,18 @@ type Faults struct {
 	RetryAfter     int64    `json:"retry_after"`
 	Flap           int64    `json:"flap"`
 	Silent         []string `json:"silent"`
+	// MaxIncomingPerSec is Binance's limit of client messages (pings, pongs,
+	// text and binary messages) per rolling second on one connection; 0 = none.
+	MaxIncomingPerSec int64 `json:"max_incoming_per_sec"`
 }
 
 func (f *Faults) validate() error {
 	if f.DropEvery < 0 || f.ShutdownAfter < 0 || f.Lifetime < 0 || f.MalformedEvery < 0 ||
-		f.Rest429Every < 0 || f.RetryAfter < 0 || f.Flap < 0 {
+		f.Rest429Every < 0 || f.RetryAfter < 0 || f.Flap < 0 || f.MaxIncomingPerSec < 0 {
 		return fmt.Errorf("fault knobs must not be negative")
+	}
+	if f.MaxIncomingPerSec > maxRingLimit {
+		return fmt.Errorf("max_incoming_per_sec must be at most %d", maxRingLimit)
 	}
 	for i, s := range f.Silent {
 		f.Silent[i] = strings.ToUpper(strings.TrimSpace(s))
@@ -147,6 +170,8 @@ func (f *Faults) applyJSON(body []byte) error {
 		case "silent":
 			next.Silent = nil
 			err = json.Unmarshal(raw, &next.Silent)
+		case "max_incoming_per_sec":
+			err = json.Unmarshal(raw, &next.MaxIncomingPerSec)
 		default:
 			err = fmt.Errorf("unknown knob")
 		}

@@ -40,6 +40,7 @@ const (
 	reasonPongTimeout = "pong_timeout"
 	reasonWriteError  = "write_error"
 	reasonServerExit  = "server_exit"
+	reasonMessageRate = "message_rate"
 )
 
 // sub is one stream subscribed on one connection.
@@ -58,8 +59,9 @@ type sub struct {
 type ctrlKind int
 
 const (
-	ctrlPing    ctrlKind = iota // client pinged: answer with a pong
-	ctrlRequest                 // client sent a text message (SUBSCRIBE, ...)
+	ctrlPing     ctrlKind = iota // client pinged: answer with a pong
+	ctrlRequest                  // client sent a text message (SUBSCRIBE, ...)
+	ctrlOverRate                 // client sent too many messages: close the connection
 )
 
 type ctrlMsg struct {
@@ -80,6 +82,7 @@ type conn struct {
 	remote   string
 	combined bool
 	opened   time.Time
+	streams  []string // as named in the URL; never changed after accept
 
 	wakeCh     chan struct{}
 	ctrl       chan ctrlMsg
@@ -87,6 +90,10 @@ type conn struct {
 	writerDone chan struct{}
 	lastPong   atomic.Int64 // unix nanos
 	shutdownRq atomic.Bool
+
+	// reader-owned
+	incoming slidingLog // times of the client's last messages
+	overRate bool
 
 	mu          sync.Mutex
 	reason      string
@@ -117,6 +124,16 @@ func (c *conn) setReason(r string) string {
 		c.reason = r
 	}
 	return c.reason
+}
+
+// opensWith reports whether the connection's URL named stream.
+func (c *conn) opensWith(stream string) bool {
+	for _, st := range c.streams {
+		if st == stream {
+			return true
+		}
+	}
+	return false
 }
 
 // abort closes the TCP connection at once, without a close frame.
@@ -153,6 +170,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, streams []strin
 	now := time.Now()
 	c := &conn{
 		srv: s, id: id, ws: ws, nc: nc, path: path, remote: r.RemoteAddr, combined: combined, opened: now,
+		streams:    streams,
 		wakeCh:     make(chan struct{}, 1),
 		ctrl:       make(chan ctrlMsg, 64),
 		readerDone: make(chan struct{}),
@@ -182,10 +200,15 @@ func (c *conn) readLoop() {
 	defer close(c.readerDone)
 	c.ws.SetReadLimit(maxReadSize)
 	c.ws.SetPongHandler(func(string) error {
-		c.lastPong.Store(time.Now().UnixNano())
+		if c.countIncoming() {
+			c.lastPong.Store(time.Now().UnixNano())
+		}
 		return nil
 	})
 	c.ws.SetPingHandler(func(p string) error {
+		if !c.countIncoming() {
+			return nil
+		}
 		select {
 		case c.ctrl <- ctrlMsg{kind: ctrlPing, data: []byte(p)}:
 		default:
@@ -203,7 +226,7 @@ func (c *conn) readLoop() {
 		if err != nil {
 			return
 		}
-		if mt != websocket.TextMessage {
+		if !c.countIncoming() || mt != websocket.TextMessage {
 			continue
 		}
 		select {
@@ -212,6 +235,27 @@ func (c *conn) readLoop() {
 			return
 		}
 	}
+}
+
+// countIncoming counts one client message (ping, pong, text or binary)
+// against Binance's limit per rolling second. The message that goes over it
+// tells the writer to close the connection (through ctrl, so the writer's
+// loop has no extra case); from then on the reader still reads, so the
+// client's close frame arrives, but ignores what it reads.
+func (c *conn) countIncoming() bool {
+	if c.overRate {
+		return false
+	}
+	limit := c.srv.faults.Load().MaxIncomingPerSec
+	if ok, _ := c.incoming.admit(time.Now().UnixNano(), limit, time.Second); ok {
+		return true
+	}
+	c.overRate = true
+	select {
+	case c.ctrl <- ctrlMsg{kind: ctrlOverRate}:
+	case <-c.writerDone:
+	}
+	return false
 }
 
 // ---------------------------------------------------------------------------
@@ -282,6 +326,11 @@ func (c *conn) handleRequest(data []byte) []byte {
 	}
 	switch req.Method {
 	case "SUBSCRIBE":
+		if n := c.streamsAfter(params); n > maxStreamsPerConn {
+			c.srv.stats.tooManyStreams.Add(1)
+			c.srv.log.Info("subscribe_refused", "conn", c.id, "reason", "too_many_streams", "streams", n, "id", id)
+			return []byte(`{"error":{"code":2,"msg":"` + tooManyStreamsMsg(n) + `"},"id":` + id + `}`)
+		}
 		for _, p := range params {
 			c.subscribe(p)
 		}
@@ -305,6 +354,19 @@ func (c *conn) handleRequest(data []byte) []byte {
 	default:
 		return bad("unknown method " + strconv.Quote(req.Method))
 	}
+}
+
+// streamsAfter is how many streams the connection would carry after
+// subscribing to names.
+func (c *conn) streamsAfter(names []string) int {
+	have := make(map[string]struct{}, len(c.subs)+len(names))
+	for _, s := range c.subs {
+		have[s.stream] = struct{}{}
+	}
+	for _, n := range names {
+		have[n] = struct{}{}
+	}
+	return len(have)
 }
 
 func jsonEscape(s string) string {
@@ -466,6 +528,9 @@ func (c *conn) loop() string {
 			c.unlink(s)
 		}
 		notice := []byte(`{"e":"serverShutdown","E":` + strconv.FormatInt(time.Now().UnixMilli(), 10) + `}`)
+		if c.combined { // Binance wraps it like a stream's event
+			notice = concat([]byte(`{"stream":"!serverShutdown","data":`), notice, []byte(`}`))
+		}
 		if err := c.writeFrame(opText, notice); err != nil {
 			return reasonWriteError
 		}
@@ -493,6 +558,9 @@ func (c *conn) loop() string {
 				if err := c.writeFrame(opText, c.handleRequest(msg.data)); err != nil {
 					return reasonWriteError
 				}
+			case ctrlOverRate:
+				c.srv.stats.messageRateCloses.Add(1)
+				return c.graceful(websocket.ClosePolicyViolation, "Too many messages", reasonMessageRate)
 			}
 		case now := <-tickC:
 			lp := time.Unix(0, c.lastPong.Load())

@@ -3,6 +3,7 @@ package sim
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,6 +130,9 @@ func TestRest429EveryAndWeight(t *testing.T) {
 	s := startSim(t, func(c *Config) {
 		c.Faults.Rest429Every = 3
 		c.Faults.RetryAfter = 7
+		// This test asks again at once after each 429; the 418 ban that
+		// earns is TestRest418Ban's subject.
+		c.Ban = 0
 	})
 	var weights []int
 	for i := 1; i <= 6; i++ {
@@ -222,12 +226,8 @@ func TestServerShutdownAfter(t *testing.T) {
 			t.Fatalf("id %d want %d", id, i)
 		}
 	}
-	b := mustRead(t, ws)
-	var ev struct {
-		E  string `json:"e"`
-		Ms int64  `json:"E"`
-	}
-	if err := json.Unmarshal(b, &ev); err != nil || ev.E != "serverShutdown" || ev.Ms == 0 {
+	// The raw endpoint sends the notice unwrapped.
+	if b := mustRead(t, ws); !rawShutdown.Match(b) {
 		t.Fatalf("want serverShutdown, got %s", b)
 	}
 	start := time.Now()
@@ -241,6 +241,49 @@ func TestServerShutdownAfter(t *testing.T) {
 	st := s.state()
 	if st.Connections.ShutdownNotices != 1 {
 		t.Fatalf("state %+v", st.Connections)
+	}
+}
+
+var (
+	rawShutdown     = regexp.MustCompile(`^\{"e":"serverShutdown","E":1\d{12}\}$`)
+	wrappedShutdown = regexp.MustCompile(`^\{"stream":"!serverShutdown","data":\{"e":"serverShutdown","E":1\d{12}\}\}$`)
+)
+
+// The combined stream wraps serverShutdown like Binance:
+// {"stream":"!serverShutdown","data":{"e":"serverShutdown","E":ms}}.
+func TestServerShutdownOnCombinedStreamIsWrapped(t *testing.T) {
+	s := startSim(t, func(c *Config) {
+		c.Faults.ShutdownAfter = 5
+		c.ShutdownDelay = 100 * time.Millisecond
+	})
+	ws := s.dial("/stream?streams=btcusdt@trade")
+	for i := int64(1); i <= 5; i++ {
+		if id := decodeTrade(t, unwrap(t, mustRead(t, ws), true)).ID; id != i {
+			t.Fatalf("id %d want %d", id, i)
+		}
+	}
+	if b := mustRead(t, ws); !wrappedShutdown.Match(b) {
+		t.Fatalf("want the wrapped serverShutdown, got %s", b)
+	}
+	if m, err := readMsg(t, ws, 5*time.Second); closeCode(err) != websocket.CloseNormalClosure {
+		t.Fatalf("after serverShutdown: %v %s", err, m.data)
+	}
+	// POST /admin/shutdown wraps it too.
+	s.post("/admin/faults", `{"shutdown_after":0}`)
+	ws2 := s.dial("/stream?streams=btcusdt@trade")
+	mustRead(t, ws2)
+	s.post("/admin/shutdown", "")
+	for {
+		m, err := readMsg(t, ws2, 5*time.Second)
+		if err != nil {
+			t.Fatalf("no serverShutdown before %v", err)
+		}
+		if strings.Contains(string(m.data), `"serverShutdown"`) {
+			if !wrappedShutdown.Match(m.data) {
+				t.Fatalf("admin shutdown notice %s", m.data)
+			}
+			break
+		}
 	}
 }
 
@@ -262,6 +305,9 @@ func TestAdminShutdownAndDrop(t *testing.T) {
 			break
 		}
 		if strings.Contains(string(m.data), `"serverShutdown"`) {
+			if !rawShutdown.Match(m.data) {
+				t.Fatalf("raw notice %s", m.data)
+			}
 			sawNotice = true
 		} else if sawNotice {
 			t.Fatalf("trade after serverShutdown: %s", m.data)
@@ -536,6 +582,8 @@ func TestPongTimeout(t *testing.T) {
 	s := startSim(t, func(c *Config) {
 		c.PingInterval = 50 * time.Millisecond
 		c.PongTimeout = 200 * time.Millisecond
+		// 20 pongs a second would break Binance's 5 messages a second.
+		c.Faults.MaxIncomingPerSec = 0
 	})
 	// A client that reads answers pings (gorilla does it while reading).
 	alive := s.dial("/ws")

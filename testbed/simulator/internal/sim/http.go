@@ -20,25 +20,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "WebSocket endpoint", http.StatusBadRequest)
 			return
 		}
-		var streams []string
-		for _, st := range strings.Split(strings.TrimPrefix(strings.TrimPrefix(p, "/ws"), "/"), "/") {
-			if st != "" {
-				streams = append(streams, st)
-			}
+		streams := splitStreams(strings.TrimPrefix(strings.TrimPrefix(p, "/ws"), "/"))
+		if s.admitWS(w, r, streams) {
+			s.serveWS(w, r, streams, false)
 		}
-		s.serveWS(w, r, streams, false)
 	case p == "/stream" || p == "/stream/":
 		if !websocketRequest(r) {
 			http.Error(w, "WebSocket endpoint", http.StatusBadRequest)
 			return
 		}
-		var streams []string
-		for _, st := range strings.Split(r.URL.Query().Get("streams"), "/") {
-			if st != "" {
-				streams = append(streams, st)
-			}
+		streams := splitStreams(r.URL.Query().Get("streams"))
+		if s.admitWS(w, r, streams) {
+			s.serveWS(w, r, streams, true)
 		}
-		s.serveWS(w, r, streams, true)
 	case strings.HasPrefix(p, "/api/"):
 		s.serveREST(w, r)
 	case strings.HasPrefix(p, "/admin/"):
@@ -46,6 +40,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{"code": -1, "msg": "not found: " + p})
 	}
+}
+
+// splitStreams splits "a@trade/b@trade" into its stream names.
+func splitStreams(list string) []string {
+	var streams []string
+	for _, st := range strings.Split(list, "/") {
+		if st != "" {
+			streams = append(streams, st)
+		}
+	}
+	return streams
 }
 
 func websocketRequest(r *http.Request) bool {
@@ -131,10 +136,14 @@ var restWeights = map[string]int{
 	"/api/v3/exchangeInfo":     20,
 	"/api/v3/historicalTrades": 25,
 	"/api/v3/trades":           25,
+	"/api/v3/aggTrades":        4, // Binance since 2025-03-10
 }
 
 func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
+	if s.banned(w, r, now) {
+		return
+	}
 	weight, known := restWeights[r.URL.Path]
 	if !known {
 		w.Header().Set("X-MBX-USED-WEIGHT-1M", strconv.Itoa(s.weight.used(now)))
@@ -146,12 +155,16 @@ func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
 		binanceError(w, http.StatusMethodNotAllowed, -1000, "Method not allowed")
 		return
 	}
+	if r.URL.Path == "/api/v3/aggTrades" {
+		s.stats.aggRequests.Add(1)
+	}
 	if r.URL.Path == "/api/v3/historicalTrades" {
 		n := s.stats.historical.Add(1)
 		if every := s.faults.Load().Rest429Every; every > 0 && n%every == 0 {
 			s.stats.rateLimited.Add(1)
 			s.stats.injected429.Add(1)
 			ra := s.faults.Load().RetryAfter
+			s.ban.told(now.Add(time.Duration(ra) * time.Second))
 			s.log.Info("rest_429", "path", r.URL.Path, "query", r.URL.RawQuery, "cause", "rest_429_every", "retry_after", ra)
 			w.Header().Set("X-MBX-USED-WEIGHT-1M", strconv.Itoa(s.weight.used(now)))
 			w.Header().Set("Retry-After", strconv.FormatInt(ra, 10))
@@ -164,6 +177,7 @@ func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
 	if retry > 0 {
 		s.stats.rateLimited.Add(1)
 		s.stats.weight429.Add(1)
+		s.ban.told(now.Add(time.Duration(retry) * time.Second))
 		s.log.Info("rest_429", "path", r.URL.Path, "cause", "weight", "used", used, "retry_after", retry)
 		w.Header().Set("Retry-After", strconv.Itoa(retry))
 		binanceError(w, http.StatusTooManyRequests, -1003,
@@ -180,7 +194,28 @@ func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
 		s.exchangeInfo(w, q.Get("symbol"), q.Get("symbols"))
 	case "/api/v3/historicalTrades", "/api/v3/trades":
 		s.trades(w, r.URL.Path == "/api/v3/historicalTrades", q.Get("symbol"), q.Get("limit"), q.Get("fromId"), q.Has("fromId"))
+	case "/api/v3/aggTrades":
+		s.aggTrades(w, q)
 	}
+}
+
+// banned answers 418 to a request that came before a 429's Retry-After ran
+// out, and to every request during the ban that follows. Such requests cost
+// no weight and are not counted per endpoint.
+func (s *Server) banned(w http.ResponseWriter, r *http.Request, now time.Time) bool {
+	until, cause := s.ban.check(now, s.cfg.Ban)
+	if cause == "" {
+		return false
+	}
+	s.stats.banned418.Add(1)
+	secs := ceilSeconds(until.Sub(now))
+	s.log.Info("rest_418", "path", r.URL.Path, "query", r.URL.RawQuery, "cause", cause,
+		"banned_until", until.UnixMilli(), "retry_after", secs)
+	w.Header().Set("X-MBX-USED-WEIGHT-1M", strconv.Itoa(s.weight.used(now)))
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	binanceError(w, http.StatusTeapot, -1003, "Way too much request weight used; IP banned until "+
+		strconv.FormatInt(until.UnixMilli(), 10)+". Please use WebSocket Streams for live updates to avoid bans.")
+	return true
 }
 
 var quoteAssets = []string{"FDUSD", "USDT", "USDC", "BUSD", "TUSD", "TRY", "EUR", "BTC", "ETH", "BNB"}
@@ -268,27 +303,15 @@ func (s *Server) trades(w http.ResponseWriter, historical bool, symbol, limitStr
 	if !s.checkSymbolParam(w, "symbol", symbol) {
 		return
 	}
-	limit := int64(500)
-	if limitStr != "" {
-		v, err := strconv.ParseInt(limitStr, 10, 64)
-		if err != nil {
-			binanceError(w, http.StatusBadRequest, -1100, "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.")
-			return
-		}
-		if v < 1 || v > 1000 {
-			binanceError(w, http.StatusBadRequest, -1130, "Invalid data sent for a parameter.; limit must be between 1 and 1000")
-			return
-		}
-		limit = v
+	limit, ok := parseLimit(w, limitStr)
+	if !ok {
+		return
 	}
 	var fromID int64
 	if historical && hasFrom {
-		v, err := strconv.ParseInt(fromStr, 10, 64)
-		if err != nil || v < 0 {
-			binanceError(w, http.StatusBadRequest, -1100, "Illegal characters found in parameter 'fromId'; legal range is '^[0-9]{1,20}$'.")
+		if fromID, ok = parseFromID(w, fromStr); !ok {
 			return
 		}
-		fromID = v
 	} else {
 		hasFrom = false
 	}
@@ -316,6 +339,33 @@ func (s *Server) trades(w http.ResponseWriter, historical bool, symbol, limitStr
 	}
 	out = append(out, ']')
 	writeRaw(w, http.StatusOK, out)
+}
+
+// parseLimit reads a REST limit (default 500, 1..1000) or answers the error.
+func parseLimit(w http.ResponseWriter, limitStr string) (int64, bool) {
+	if limitStr == "" {
+		return 500, true
+	}
+	v, err := strconv.ParseInt(limitStr, 10, 64)
+	if err != nil {
+		binanceError(w, http.StatusBadRequest, -1100, "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.")
+		return 0, false
+	}
+	if v < 1 || v > 1000 {
+		binanceError(w, http.StatusBadRequest, -1130, "Invalid data sent for a parameter.; limit must be between 1 and 1000")
+		return 0, false
+	}
+	return v, true
+}
+
+// parseFromID reads a REST fromId or answers the error.
+func parseFromID(w http.ResponseWriter, fromStr string) (int64, bool) {
+	v, err := strconv.ParseInt(fromStr, 10, 64)
+	if err != nil || v < 0 {
+		binanceError(w, http.StatusBadRequest, -1100, "Illegal characters found in parameter 'fromId'; legal range is '^[0-9]{1,20}$'.")
+		return 0, false
+	}
+	return v, true
 }
 
 // adminHistory is GET /admin/history?symbol=X[&fromId=N][&limit=L]: the
@@ -400,11 +450,19 @@ func quoteQty(price, qty []byte) string {
 	} else if scale < 8 {
 		prod.Mul(prod, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(8-scale)), nil))
 	}
-	s := prod.String()
-	if len(s) <= 8 {
-		s = strings.Repeat("0", 9-len(s)) + s
+	return formatDecimal(prod, 8)
+}
+
+// formatDecimal writes v·10^-scale (v >= 0) with exactly scale decimals.
+func formatDecimal(v *big.Int, scale int) string {
+	s := v.String()
+	if scale <= 0 {
+		return s
 	}
-	return s[:len(s)-8] + "." + s[len(s)-8:]
+	if len(s) <= scale {
+		s = strings.Repeat("0", scale+1-len(s)) + s
+	}
+	return s[:len(s)-scale] + "." + s[len(s)-scale:]
 }
 
 func parseDecimal(b []byte) (*big.Int, int) {
@@ -443,6 +501,11 @@ type State struct {
 		Dropped         int64 `json:"dropped"`
 		ShutdownNotices int64 `json:"shutdown_notices"`
 		LifetimeCloses  int64 `json:"lifetime_closes"`
+		// TooManyStreams counts URLs refused (400) and SUBSCRIBEs refused for
+		// taking a connection over 1024 streams.
+		TooManyStreams    int64 `json:"too_many_streams"`
+		MessageRateCloses int64 `json:"message_rate_closes"`
+		AttemptsRefused   int64 `json:"attempts_refused"`
 	} `json:"connections"`
 	SentTrades    int64 `json:"sent_trades"`
 	MalformedSent int64 `json:"malformed_sent"`
@@ -451,6 +514,8 @@ type State struct {
 		RateLimited        int64 `json:"rate_limited"`
 		Injected429        int64 `json:"injected_429"`
 		Weight429          int64 `json:"weight_429"`
+		Banned418          int64 `json:"banned_418"`
+		AggRequests        int64 `json:"agg_requests"`
 		UsedWeight1M       int   `json:"used_weight_1m"`
 	} `json:"rest"`
 	Paused bool   `json:"paused"`
@@ -477,12 +542,17 @@ func (s *Server) Snapshot() State {
 	c.Dropped = s.stats.dropped.Load()
 	c.ShutdownNotices = s.stats.shutdownNotices.Load()
 	c.LifetimeCloses = s.stats.lifetimeCloses.Load()
+	c.TooManyStreams = s.stats.tooManyStreams.Load()
+	c.MessageRateCloses = s.stats.messageRateCloses.Load()
+	c.AttemptsRefused = s.stats.attemptsRefused.Load()
 	st.SentTrades = s.stats.sentTrades.Load()
 	st.MalformedSent = s.stats.malformedSent.Load()
 	st.REST.HistoricalRequests = s.stats.historical.Load()
 	st.REST.RateLimited = s.stats.rateLimited.Load()
 	st.REST.Injected429 = s.stats.injected429.Load()
 	st.REST.Weight429 = s.stats.weight429.Load()
+	st.REST.Banned418 = s.stats.banned418.Load()
+	st.REST.AggRequests = s.stats.aggRequests.Load()
 	st.REST.UsedWeight1M = s.weight.used(time.Now())
 	st.Paused, _ = s.pauseState()
 	st.Faults = s.currentFaults()
@@ -525,6 +595,16 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 	case "drop":
 		conns := s.openConns()
+		if stream := r.URL.Query().Get("stream"); stream != "" {
+			// Only the connections opened with this stream in their URL (one shard of a client).
+			kept := conns[:0]
+			for _, c := range conns {
+				if c.opensWith(stream) {
+					kept = append(kept, c)
+				}
+			}
+			conns = kept
+		}
 		s.log.Info("admin", "action", "drop", "connections", len(conns))
 		for _, c := range conns {
 			c.abort(reasonDrop)

@@ -99,6 +99,7 @@ type Market struct {
 	prefix []byte // {"stream":"btcusdt@trade","data":
 	src    source
 	hist   history
+	agg    aggIndex // aggregate trades, built by aggTrades requests
 
 	startOnce sync.Once
 	startCh   chan struct{}

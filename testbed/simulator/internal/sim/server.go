@@ -47,11 +47,15 @@ type Server struct {
 
 	stats struct {
 		open, accepted, flapped, dropped, shutdownNotices, lifetimeCloses atomic.Int64
+		tooManyStreams, messageRateCloses, attemptsRefused                atomic.Int64
 		sentTrades, malformedSent                                         atomic.Int64
 		historical, rateLimited, injected429, weight429                   atomic.Int64
+		banned418, aggRequests                                            atomic.Int64
 	}
 	malformedKind atomic.Int64
 	weight        weightTracker
+	ban           restBan
+	attempts      attemptLimiter
 
 	httpSrv *http.Server
 	lnMu    sync.Mutex
