@@ -12,6 +12,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from application.ports import (
     Clock,
     ControlChannel,
+    Dropped,
+    DroppedRange,
     EventPublisher,
     FeedItem,
     HistoryError,
@@ -49,23 +51,36 @@ class _Signal:
 class InMemoryTradeFeed(TradeFeed):
     """A feed the test pushes trades, reconnects, failures and the end into."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, symbols: Sequence[str] = ()) -> None:
+        self.symbols = list(symbols)
+        """The run's symbols: what a reconnection names when the test does not say (the
+        symbols of the trades pushed are added)."""
         self._items: deque[FeedItem | LoaderError] = deque()
         self._arrived = asyncio.Event()
         self.opened = False
         self.closed = False
         self.reconnect_requests: list[str] = []
+        self.reconnected_symbols: list[tuple[str, ...] | None] = []
         self._clock_now: Callable[[], float] = clock.monotonic if clock else (lambda: 0.0)
         self.paused_at = -math.inf
         """What ``paused_until`` answers: set it to pretend the reader was paused."""
 
     def push(self, *trades: Trade) -> None:
         for trade in trades:
+            if trade.symbol not in self.symbols:
+                self.symbols.append(trade.symbol)
             self._items.append(Received(trade, self._clock_now()))
         self._arrived.set()
 
-    def push_reconnected(self, reason: str = "test") -> None:
-        self._items.append(Reconnected(reason))
+    def push_reconnected(self, reason: str = "test", symbols: Sequence[str] | None = None) -> None:
+        """A reconnection of the connection of ``symbols`` (of every one, by default)."""
+        named = tuple(symbols) if symbols is not None else tuple(self.symbols)
+        self._items.append(Reconnected(reason, named))
+        self._arrived.set()
+
+    def push_dropped(self, *ranges: DroppedRange) -> None:
+        """The feed read these trades and dropped them, having no room."""
+        self._items.append(Dropped(ranges))
         self._arrived.set()
 
     def fail(self, error: LoaderError) -> None:
@@ -97,13 +112,14 @@ class InMemoryTradeFeed(TradeFeed):
         self.closed = True
         self._arrived.set()
 
-    def reconnect(self, reason: str) -> None:
+    def reconnect(self, reason: str, symbols: Sequence[str] | None = None) -> None:
         self.reconnect_requests.append(reason)
+        self.reconnected_symbols.append(None if symbols is None else tuple(symbols))
 
     def backlog(self) -> int:
         return len(self._items)
 
-    def paused_until(self) -> float:
+    def paused_until(self, symbol: str | None = None) -> float:
         return self.paused_at
 
 

@@ -82,6 +82,7 @@ class RunStats(LoaderMetrics):
         self.latency = LatencyHistogram()
         self.status: Status | None = None
         self.buffer_pauses = 0
+        self.overflow_frames = 0
 
     # LoaderMetrics
 
@@ -107,6 +108,7 @@ class Readings:
 
     queue_depth: Callable[[], int]
     feed_connected: Callable[[], bool]
+    feed_connections: Callable[[], int]
     broker_reachable: Callable[[], bool]
     rest_weight_used: Callable[[], int]
     rest_weight_budget: int
@@ -179,14 +181,25 @@ class RunStatsCollector(Collector):
             "Times reading from the exchange paused because the receive buffer was full",
             value=stats.buffer_pauses,
         )
+        yield CounterMetricFamily(
+            "loader_frames_overflowed",
+            "Frames read and dropped because the receive buffer stayed full longer than reading "
+            "may pause; their trades are recovered from history",
+            value=stats.overflow_frames,
+        )
         state = GaugeMetricFamily("loader_state", "Current state of the run", labels=["state"])
         for status in Status:
             state.add_metric([status.value], 1.0 if stats.status is status else 0.0)
         yield state
         yield GaugeMetricFamily(
             "loader_feed_connected",
-            "1 while connected to the exchange",
+            "1 while every connection shard is connected to the exchange",
             value=self._readings.feed_connected(),
+        )
+        yield GaugeMetricFamily(
+            "loader_exchange_connections",
+            "Connection shards with a connection to the exchange open now",
+            value=self._readings.feed_connections(),
         )
         yield GaugeMetricFamily(
             "loader_broker_reachable",

@@ -3,12 +3,13 @@ trade-id order, or reported when they cannot be."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from loguru import logger
 
 from application.config import LoaderConfig
-from application.ports import Clock, HistoryError, LoaderMetrics, TradeHistory
+from application.ports import Clock, DroppedRange, HistoryError, LoaderMetrics, TradeHistory
 from domain.sequence import Gap, TradeSequencer
 from domain.trade import Trade
 
@@ -60,15 +61,18 @@ class Backfill:
         self._metrics = metrics
         self._run = run
 
-    async def fill(self, gap: Gap, newest_time: int) -> None:
+    async def fill(
+        self, gap: Gap, newest_time: int, found: str = "missing from the live stream"
+    ) -> None:
         """Publish the trades of ``gap`` (found before a live trade made at ``newest_time``)."""
         self._metrics.gap(gap)
         logger.warning(
-            "Gap in {symbol}: trades {first}..{last} ({size}) missing from the live stream",
+            "Gap in {symbol}: trades {first}..{last} ({size}) {found}",
             symbol=gap.symbol,
             first=gap.first_id,
             last=gap.last_id,
             size=gap.size,
+            found=found,
         )
         refusal = self._refuse_fill(gap)
         if refusal is not None:
@@ -81,9 +85,31 @@ class Backfill:
             return f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
         return None
 
-    async def catch_up(self, reason: str) -> None:
-        """After a reconnect, publish from history what the old connection missed."""
-        for symbol in self._config.symbols:
+    async def dropped(self, ranges: Sequence[DroppedRange]) -> None:
+        """Publish from history the trades the feed read and dropped for want of room: they
+        were received, so they are due even at a stop. What cannot be had is reported, and
+        the sequence goes on after the range either way."""
+        for dropped in ranges:
+            symbol = dropped.symbol
+            last = self._sequencer.last(symbol)
+            if last is not None and last >= dropped.last_id:
+                continue
+            first = dropped.first_id if last is None else last + 1
+            if self._run.over_limit():
+                return
+            await self.fill(
+                Gap(symbol, first, dropped.last_id),
+                dropped.last_time,
+                found="dropped by the full receive buffer",
+            )
+            now = self._sequencer.last(symbol)
+            if (now is None or now < dropped.last_id) and not self._run.over_limit():
+                self._sequencer.accept(symbol, dropped.last_id)
+
+    async def catch_up(self, reason: str, symbols: Sequence[str]) -> None:
+        """After a reconnect, publish from history what the old connection of ``symbols``
+        missed."""
+        for symbol in symbols:
             last = self._sequencer.last(symbol)
             if last is not None:
                 logger.info(

@@ -21,6 +21,7 @@ from application.config import LoaderConfig
 from application.ports import (
     Clock,
     ControlChannel,
+    Dropped,
     EventPublisher,
     FeedItem,
     LoaderMetrics,
@@ -297,7 +298,9 @@ class TradeLoader:
             for index, item in enumerate(batch):
                 self._unprocessed -= 1
                 if isinstance(item, Reconnected):
-                    await self._backfill.catch_up(item.reason)
+                    await self._backfill.catch_up(item.reason, item.symbols)
+                elif isinstance(item, Dropped):
+                    await self._backfill.dropped(item.ranges)
                 else:
                     self._horizon = item.received_at
                     await self._take(item.trade, item.received_at, batch, index)

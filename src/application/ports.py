@@ -22,12 +22,42 @@ class Received:
 
 @dataclass(frozen=True, slots=True)
 class Reconnected:
-    """The feed opened a new connection after losing one: trades may have been missed."""
+    """The feed opened a new connection after losing one: trades of ``symbols`` may have been
+    missed before this point."""
 
     reason: str
+    symbols: tuple[str, ...]
 
 
-FeedItem = Received | Reconnected
+@dataclass(frozen=True, slots=True)
+class DroppedRange:
+    """The oldest and newest trade of ``symbol`` the feed dropped, and the newest one's time
+    (epoch ms); every trade between them was dropped too."""
+
+    symbol: str
+    first_id: int
+    last_id: int
+    last_time: int
+
+    def merged(self, other: DroppedRange) -> DroppedRange:
+        newest = other if other.last_id > self.last_id else self
+        return DroppedRange(
+            self.symbol, min(self.first_id, other.first_id), newest.last_id, newest.last_time
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """The feed read trades and dropped them, having no room: these ranges, by symbol.
+
+    They were received, so they are recovered from history before what follows, even at a
+    stop.
+    """
+
+    ranges: tuple[DroppedRange, ...]
+
+
+FeedItem = Received | Reconnected | Dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +96,19 @@ class TradeFeed(Protocol):
         """Stop receiving; items already received stay readable through ``next_batch``."""
         ...
 
-    def reconnect(self, reason: str) -> None:
-        """Replace the current connection (a stream that went silent)."""
+    def reconnect(self, reason: str, symbols: Sequence[str] | None = None) -> None:
+        """Replace the connections carrying ``symbols`` (every one when None): a stream that
+        went silent."""
         ...
 
     def backlog(self) -> int:
         """Frames received and not yet handed out by ``next_batch``."""
         ...
 
-    def paused_until(self) -> float:
-        """When reading last stopped being paused by a full buffer (monotonic seconds): now
-        while it is paused, ``-inf`` if it never was. Frames the exchange sent during a pause
-        wait unread in the socket until then."""
+    def paused_until(self, symbol: str | None = None) -> float:
+        """When reading ``symbol``'s connection (any, when None) last stopped being paused by a
+        full buffer (monotonic seconds): now while it is paused, ``-inf`` if it never was.
+        Frames the exchange sent during a pause wait unread in the socket until then."""
         ...
 
 

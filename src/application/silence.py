@@ -66,7 +66,7 @@ class SilenceWatch:
                         timeout=timeout,
                         symbol=symbol,
                     )
-                    self._feed.reconnect("silent stream")
+                    self._feed.reconnect("silent stream", [symbol])
                     break
 
     async def _missed_trades(self, symbol: str, patience: float) -> bool:
@@ -85,7 +85,7 @@ class SilenceWatch:
             if self._clock.monotonic() >= deadline:
                 return False
             await self._clock.sleep(0.05)
-        if self._feed.paused_until() >= asked - READER_CATCH_UP_SECONDS:
+        if self._feed.paused_until(symbol) >= asked - READER_CATCH_UP_SECONDS:
             # A full buffer paused reading: what the exchange sent meanwhile is still in the
             # socket, unseen. Looked at again after another timeout.
             return False

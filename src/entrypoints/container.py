@@ -38,6 +38,7 @@ async def monitoring_server(
     readings = Readings(
         queue_depth=feed.backlog,
         feed_connected=feed.connected,
+        feed_connections=feed.connections,
         broker_reachable=lambda: health.reachable,
         rest_weight_used=rest.used_weight,
         rest_weight_budget=rest.weight_budget,

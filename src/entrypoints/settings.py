@@ -241,6 +241,9 @@ class Settings(KafkaSettings):
     ws_max_frame_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="WS_MAX_FRAME_BYTES"
     )
+    ws_streams_per_connection: int = Field(
+        200, ge=1, le=1024, validation_alias="WS_STREAMS_PER_CONNECTION"
+    )
     ws_open_timeout_sec: Seconds = Field(10.0, validation_alias="WS_OPEN_TIMEOUT_SEC")
     ws_rotate_after_sec: Seconds = Field(23 * 3600.0, validation_alias="WS_ROTATE_AFTER_SEC")
     reconnect_initial_delay_sec: Seconds = Field(
@@ -359,6 +362,7 @@ class Settings(KafkaSettings):
             attempts_limit=self.reconnect_max_attempts_per_5min,
             unavailable_timeout=self.exchange_unavailable_timeout_sec,
             rotate_after=self.ws_rotate_after_sec,
+            streams_per_connection=self.ws_streams_per_connection,
         )
 
     def rest_tuning(self) -> RestTuning:

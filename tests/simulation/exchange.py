@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -69,6 +69,8 @@ class ExchangeLog:
     weight: dict[int, int] = field(default_factory=dict)
     history_calls: int = 0
     connections: int = 0
+    refused_streams: list[int] = field(default_factory=list)
+    """Connections refused for naming more than 1,024 streams (their stream counts)."""
 
 
 class SimConnection(StreamConnection):
@@ -149,6 +151,20 @@ class SimConnection(StreamConnection):
         self._wake.set()
         self._exchange.forget(self)
         await asyncio.sleep(0.001)
+
+
+MAX_STREAMS = 1024
+"""Binance refuses a connection naming more streams."""
+
+
+def _streams(url: str) -> list[str]:
+    """The symbols a stream URL names: ``/ws/a@trade`` or ``/stream?streams=a@trade/b@trade``."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").endswith("/stream"):
+        names = parse_qs(parts.query).get("streams", [""])[0].split("/")
+    else:
+        names = parts.path.split("/ws", 1)[-1].split("/")
+    return [name.removesuffix("@trade").upper() for name in names if name]
 
 
 class SimExchange:
@@ -234,6 +250,8 @@ class SimExchange:
         now = self.clock.monotonic()
         silent = self.silent_until.get(trade.symbol, -1.0) > now
         for connection in list(self.connections):
+            if trade.symbol not in connection.symbols:
+                continue
             if silent:
                 connection.silent.add(trade.symbol)
             connection.deliver(wrapped if connection.combined else raw, trade)
@@ -261,16 +279,20 @@ class SimExchange:
 
     # Connections.
 
-    def connector(self, run: int, symbols: tuple[str, ...]) -> Any:
+    def connector(self, run: int) -> Any:
         async def connect(url: str) -> StreamConnection:
             await asyncio.sleep(self.rng.uniform(0.002, 0.15))
             now = self.clock.monotonic()
             self.log.attempts.append(now)
             if any(w.kind == "refuse" and w.holds(now) for w in self.windows):
                 raise ConnectFailed("ConnectionRefusedError: [Errno 111] Connection refused")
+            streams = _streams(url)
+            if len(streams) > MAX_STREAMS:
+                self.log.refused_streams.append(len(streams))
+                raise ConnectFailed(f"InvalidStatus: HTTP 400 ({len(streams)} streams)")
             self.log.connections += 1
             connection = SimConnection(
-                self, run, self.log.connections, "/stream?streams=" in url, set(symbols)
+                self, run, self.log.connections, "/stream?streams=" in url, set(streams)
             )
             if self.accept_then_close > 0:
                 self.accept_then_close -= 1
@@ -289,8 +311,11 @@ class SimExchange:
         if connection in self.connections:
             self.connections.remove(connection)
 
-    def drop_all(self, *, clean: bool) -> None:
+    def drop_all(self, *, clean: bool, symbol: str | None = None) -> None:
+        """Every connection ends (only the one carrying ``symbol``, when given)."""
         for connection in list(self.connections):
+            if symbol is not None and symbol not in connection.symbols:
+                continue
             if clean:
                 connection.lose("closed by the exchange (1001)", drain=True)
             else:

@@ -513,6 +513,10 @@ def _exchange_rules(world: WorldResult, found: list[Violation]) -> None:
     log = world.exchange.log
     for ban in log.banned[:3]:
         found.append(Violation("never a request during a Retry-After (418)", ban))
+    for streams in log.refused_streams[:3]:
+        found.append(
+            Violation("at most 1,024 streams on a connection", f"a connection named {streams}")
+        )
     attempts = log.attempts
     for index, at in enumerate(attempts):
         later = bisect_right(attempts, at + 300.0) - index

@@ -181,6 +181,7 @@ def generate(seed: int) -> Schedule:
         "backoff_cap": rng.choice((1.0, 5.0)),
         "attempts_limit": rng.choice((5, 50, 250)),
         "unavailable_timeout": rng.choice((5.0, 30.0, 300.0)),
+        "streams_per_connection": rng.choice((1, 2, 200)),
     }
     producer: dict[str, Any] = {
         "linger_ms": rng.choice((0, 5, 50)),
@@ -258,7 +259,10 @@ def _fault(
     symbol = rng.choice(trading)
     params: dict[str, Any] = {}
     if kind == "drop":
+        # Of every connection, or of the one carrying a symbol (one shard, when sharded).
         params = {"clean": rng.random() < 0.3}
+        if rng.random() < 0.4:
+            params["symbol"] = symbol
     elif kind == "shutdown":
         params = {"grace": rng.choice((0.5, 5.0))}
     elif kind == "refuse":

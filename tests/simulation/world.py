@@ -251,6 +251,7 @@ class _World:
             ),
             attempts_limit=setup.knob("feed", "attempts_limit"),
             unavailable_timeout=setup.knob("feed", "unavailable_timeout"),
+            streams_per_connection=setup.knob("feed", "streams_per_connection", 200),
         )
         producer_tuning = replace(DEFAULTS.producer_tuning(), **dict(setup.producer))
         rest_tuning = replace(DEFAULTS.rest_tuning(), **dict(setup.rest))
@@ -319,7 +320,7 @@ class _World:
         return result
 
     def _connector(self, number: int, result: RunResult) -> Any:
-        connect = self.exchange.connector(number, self.setup.symbols)
+        connect = self.exchange.connector(number)
 
         async def first_noted(url: str) -> Any:
             if result.streaming_from is None:
@@ -383,17 +384,18 @@ class _World:
     async def _monitor(
         self, result: RunResult, feed: BinanceTradeFeed, publisher: KafkaTradePublisher
     ) -> None:
-        buffer_limit = feed._tuning.buffer_frames
         flight_limit = publisher._tuning.max_in_flight_trades
         while True:
             await asyncio.sleep(0.05)
-            # Each reader pauses after the frame that filled the buffer, and while one
-            # connection replaces another two read; one reconnection mark may wait besides.
-            if feed.backlog() > buffer_limit + 2:
-                result.bound_breaches.append(
-                    f"{self.loop.time():.3f} s: {feed.backlog()} frames buffered, "
-                    f"bound {buffer_limit}"
-                )
+            # Each reader pauses after the frame that filled its shard's buffer, and while one
+            # connection replaces another two read; a reconnection mark and the mark before
+            # frames dropped after a long pause may wait besides.
+            for shard in feed.shards:
+                if len(shard.buffer) > shard.limit + 3:
+                    result.bound_breaches.append(
+                        f"{self.loop.time():.3f} s: {len(shard.buffer)} frames buffered in "
+                        f"{shard.name}, bound {shard.limit}"
+                    )
             if publisher.in_flight > flight_limit:
                 result.bound_breaches.append(
                     f"{self.loop.time():.3f} s: {publisher.in_flight} trades in flight, "
@@ -405,7 +407,7 @@ class _World:
         now = self.loop.time()
         kind = event.kind
         if kind == "drop":
-            exchange.drop_all(clean=event.get("clean", False))
+            exchange.drop_all(clean=event.get("clean", False), symbol=event.get("symbol"))
         elif kind == "shutdown":
             exchange.server_shutdown(event.get("grace", 1.0))
         elif kind == "refuse":

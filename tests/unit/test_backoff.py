@@ -41,10 +41,8 @@ def test_invalid_backoff_is_refused() -> None:
         Backoff(initial=10, cap=1)
 
 
-@given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=400))
-def test_attempt_window_never_allows_more_than_the_limit(gaps: list[float]) -> None:
-    """Whoever asks when, following the window's advice keeps any 300 s span within the limit."""
-    sut = AttemptWindow(limit=10, window=300)
+def follow(sut: AttemptWindow, gaps: list[float]) -> list[float]:
+    """When attempts are made by a client that asks ``gaps`` apart and heeds the advice."""
     now = 0.0
     made: list[float] = []
     for gap in gaps:
@@ -53,6 +51,40 @@ def test_attempt_window_never_allows_more_than_the_limit(gaps: list[float]) -> N
             now += wait
         sut.record(now)
         made.append(now)
+    return made
+
+
+@given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=400))
+def test_attempt_window_never_allows_more_than_the_limit(gaps: list[float]) -> None:
+    """Whoever asks when, following the window's advice keeps any 300 s span within the limit."""
+    made = follow(AttemptWindow(limit=10, window=300), gaps)
     for index, start in enumerate(made):
         within = [t for t in made[index:] if t < start + 300]
         assert len(within) <= 10
+
+
+@given(
+    st.integers(min_value=1, max_value=300),
+    st.integers(min_value=1, max_value=20),
+    st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=400),
+)
+def test_attempt_window_lets_a_burst_go_then_paces_to_the_limit(
+    limit: int, burst: int, gaps: list[float]
+) -> None:
+    """Over any span, at most the burst plus the limit's rate: two processes in turn (a pod
+    that replaced another) stay within one window's limit."""
+    made = follow(AttemptWindow(limit=limit, window=300, burst=burst), gaps)
+    allowed_burst = min(burst, limit)
+    for index, start in enumerate(made):
+        for end in made[index:]:
+            span = end - start
+            count = sum(1 for t in made[index:] if t <= end)
+            assert count <= allowed_burst + span * limit / 300 + 1e-6
+
+
+def test_attempt_window_lets_every_shard_reconnect_at_once() -> None:
+    sut = AttemptWindow(limit=250, window=300, burst=10)
+    for _ in range(10):
+        assert sut.wait_before_next(5.0) == 0
+        sut.record(5.0)
+    assert sut.wait_before_next(5.0) == pytest.approx(300 / 250)

@@ -11,7 +11,7 @@ import pytest
 from adapters.metrics import RunStats
 from application.config import LoaderConfig
 from application.loader import TERMINAL_EVENT_SECONDS, Outcome, TradeLoader
-from application.ports import LastPublished
+from application.ports import DroppedRange, LastPublished
 from domain.errors import (
     BrokerAuthorizationError,
     BrokerUnavailableError,
@@ -66,6 +66,7 @@ class World:
 
     def loader(self, **config: object) -> TradeLoader:
         self.config = replace(self.config, **config)  # type: ignore[arg-type]
+        self.feed.symbols = list(self.config.symbols)
         return TradeLoader(
             self.config,
             feed=self.feed,
@@ -607,7 +608,16 @@ async def test_the_last_event_of_a_stop_waits_no_longer_than_the_drain_bound_all
     assert terminal <= 20 + TERMINAL_EVENT_SECONDS
 
 
-async def test_a_stop_during_a_catch_up_ends_reading_history_too(world: World) -> None:
+@pytest.mark.parametrize(
+    ("lost", "published"),
+    [("reconnected", 60), ("dropped", 150)],
+    ids=["missed-on-reconnect", "dropped-by-the-feed"],
+)
+async def test_a_stop_during_recovery_ends_it_unless_the_trades_were_received(
+    world: World, lost: str, published: int
+) -> None:
+    """Missed on the wire, they need not be fetched after a stop; dropped by a full buffer,
+    they were received, and a stop does not excuse them."""
     now_ms = int(world.clock.time() * 1000)
     world.exchange.record(*make_trades(1, 3000, timestamp=now_ms - 60_000))
     world.exchange.hold = asyncio.Event()
@@ -615,14 +625,19 @@ async def test_a_stop_during_a_catch_up_ends_reading_history_too(world: World) -
         backfill_page_size=50, telemetry_interval=1000, silence_timeout=1000
     )
     world.feed.push(*make_trades(1, 10))
-    world.feed.push_reconnected("dropped without a close frame")
+    if lost == "reconnected":
+        world.feed.push_reconnected("dropped without a close frame")
+    else:
+        newest = make_trades(150, 150, timestamp=now_ms - 60_000)[0]
+        world.feed.push_dropped(DroppedRange("BTCUSDT", 11, 150, newest.timestamp))
     await world.exchange.wait_for_requests(1)
     sut.request_stop("SIGTERM received")
     world.exchange.hold.set()
     outcome = await run
     assert outcome.status is Status.INTERRUPTED
-    assert world.published_ids == list(range(1, 61))
-    assert len(world.exchange.history_requests) == 1
+    assert world.published_ids == list(range(1, published + 1))
+    if lost == "reconnected":
+        assert len(world.exchange.history_requests) == 1
 
 
 async def test_a_stop_still_closes_a_gap_up_to_the_last_trade_received(world: World) -> None:
@@ -653,6 +668,32 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
     world.exchange.hold.set()
     await run
     assert world.published_ids == list(range(1, 11))
+
+
+async def test_dropped_trades_that_cannot_be_had_are_reported_and_never_fetched_again(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 400))
+    sut = world.loader(stop_after_records=12, backfill_max_trades=50)
+    world.feed.push(*make_trades(1, 10))
+    world.feed.push_dropped(DroppedRange("BTCUSDT", 11, 300, make_trades(300, 300)[0].timestamp))
+    world.feed.push_reconnected("dropped without a close frame")
+    await sut.run()
+    # The range is reported whole; the catch-up after the reconnect starts after it.
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 290
+    assert world.published_ids == [*range(1, 11), 301, 302]
+    assert [r[:2] for r in world.exchange.history_requests] == [("BTCUSDT", 301)]
+
+
+async def test_dropped_trades_of_a_symbol_not_seen_yet_are_recovered_from_the_first(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    sut = world.loader(stop_after_records=16)
+    world.feed.push_dropped(DroppedRange("BTCUSDT", 5, 12, make_trades(12, 12)[0].timestamp))
+    world.feed.push(*make_trades(13, 20))
+    await sut.run()
+    assert world.published_ids == list(range(5, 21))
 
 
 async def test_a_gap_is_filled_when_history_catches_up_with_the_stream(world: World) -> None:

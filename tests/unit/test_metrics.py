@@ -12,6 +12,7 @@ def readings(used: list[int]) -> Readings:
     return Readings(
         queue_depth=lambda: 3,
         feed_connected=lambda: True,
+        feed_connections=lambda: 2,
         broker_reachable=lambda: False,
         rest_weight_used=lambda: used[0],
         rest_weight_budget=4800,

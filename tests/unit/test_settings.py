@@ -213,7 +213,11 @@ def test_the_settings_in_effect_name_every_variable_and_mask_the_password(
     ("tuning", "not_configurable"),
     [
         (ProducerTuning, set()),
-        (FeedTuning, {"batch_size", "attempts_window", "stable_after"} | PING_AND_CLOSE),
+        (
+            FeedTuning,
+            {"batch_size", "attempts_window", "stable_after", "pause_limit", "rotation_stagger"}
+            | PING_AND_CLOSE,
+        ),
         (RestTuning, {"request_timeout", "max_retry_wait"}),
         (LoaderConfig, {"backfill_page_size"}),
     ],

@@ -1,0 +1,508 @@
+"""One connection shard of the feed: a group of symbols on one connection at a time.
+
+A shard has its own supervisor (reconnect, rotation, make-before-break replacement), its own
+readers and its own bounded buffer, so that a drop, a pause or a slow catch-up of one shard
+touches only its symbols. What the shards share (the attempt window, the consumer's wake-up,
+the run's counters) is in ``ShardContext``. The readers and the buffer they fill pause and
+resume each other, and are kept together for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from adapters.binance.codec import OVERSIZED, FrameDecoder, FrameIssue
+from adapters.binance.connection import (
+    ConnectFailed,
+    ConnectionLost,
+    Connector,
+    StreamConnection,
+    reconnect_reason,
+    stream_url,
+)
+from adapters.metrics import RunStats
+from application.ports import Clock, Dropped, DroppedRange, FeedItem, Received, Reconnected
+from domain.backoff import AttemptWindow, Backoff
+from domain.trade import Trade
+
+
+@dataclass(frozen=True, slots=True)
+class FeedTuning:
+    """Connection and buffering bounds of the feed.
+
+    The fields without a default come from the settings (``Settings.feed_tuning``), the one
+    place that holds their defaults; the others are not configurable.
+    """
+
+    buffer_frames: int
+    """For the whole feed: each shard holds its share."""
+    max_frame_bytes: int
+    open_timeout: float
+    backoff: Backoff
+    attempts_limit: int
+    unavailable_timeout: float
+    rotate_after: float
+    streams_per_connection: int
+    batch_size: int = 4096
+    attempts_window: float = 300.0
+    """Binance counts connection attempts per IP over five minutes."""
+    stable_after: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 2.0
+    pause_limit: float = 5.0
+    """How long a full buffer may stop reading: well under the pings' patience (the client's
+    ``ping_timeout``, the exchange's minute), so that the connection stays alive and a drop is
+    noticed. Beyond it the reader reads on and drops frames, which are recovered from history."""
+    rotation_stagger: float = 0.1
+    """Shards rotate up to this share of ``rotate_after`` apart, not all in the same second."""
+
+
+@dataclass(slots=True)
+class ShardContext:
+    """What every shard of one feed shares."""
+
+    tuning: FeedTuning
+    stats: RunStats
+    clock: Clock
+    connect: Connector
+    rand: Callable[[], float]
+    window: AttemptWindow
+    arrived: asyncio.Event
+    """Set whenever any shard has something for the consumer."""
+    fail: Callable[[str], None]
+    """Ends the feed: the exchange stayed unreachable (the message says which shard)."""
+    closing: bool = False
+    connection_numbers: int = 0
+    """Connections opened by every shard so far, for the logs."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Frames rejected so far by reason, over every shard: which of them are logged."""
+    pauses: int = 0
+
+
+class _Link:
+    """One connection to the exchange and the task that reads it."""
+
+    __slots__ = ("closing", "frames", "number", "opened_at", "reader", "reason", "ws")
+
+    def __init__(self, ws: StreamConnection, number: int, opened_at: float) -> None:
+        self.ws = ws
+        self.number = number
+        self.opened_at = opened_at
+        self.frames = 0
+        self.reason = "open"
+        self.reader: asyncio.Task[None] | None = None
+        self.closing = False
+
+
+_Entry = tuple[str | bytes, float] | Reconnected | Dropped
+
+
+class Shard:
+    """Receives the frames of ``symbols`` into a bounded buffer; decodes them on request.
+
+    A dropped connection is replaced with jittered exponential backoff, within the shared
+    attempt window; a planned replacement (rotation before the exchange's 24 h cut, a
+    ``serverShutdown`` notice, a silent stream) opens the new connection before closing the
+    old one. A ``Reconnected`` item naming this shard's symbols tells the use case that their
+    trades may have been missed.
+    """
+
+    def __init__(
+        self, index: int, count: int, ws_url: str, symbols: Sequence[str], ctx: ShardContext
+    ) -> None:
+        tuning = ctx.tuning
+        self.index = index
+        self.symbols = tuple(symbols)
+        self.url = stream_url(ws_url, symbols)
+        self.name = f"shard {index + 1}/{count}" if count > 1 else "feed"
+        self._ctx = ctx
+        self._decoder = FrameDecoder(frozenset(symbols), tuning.max_frame_bytes)
+        self._rotate_after = tuning.rotate_after * (
+            1 - tuning.rotation_stagger * index / max(count, 1)
+        )
+        self.limit = max(1, tuning.buffer_frames // count)
+        self._resume_at = max(1, self.limit * 3 // 4)
+        self.buffer: deque[_Entry] = deque()
+        self._rotate = asyncio.Event()
+        self._rotate_reason = ""
+        self._supervisor: asyncio.Task[None] | None = None
+        # Insertion-ordered, so that connections are always shut in the order they opened.
+        self._links: dict[_Link, None] = {}
+        self._connections = 0
+        self._marked = False
+        """Whether a reconnection mark waits in the buffer."""
+        self._attempt = 0
+        self._paused_readers = 0
+        self._pause_ended = -math.inf
+        self._overflowing = False
+        """Reading on past a pause that lasted too long: frames are dropped until there is room."""
+        self._dropped: dict[str, DroppedRange] = {}
+        """What was dropped of each symbol since the last ``Dropped`` was queued."""
+        self._room = asyncio.Event()
+        self.connected = False
+        self._shutting: set[asyncio.Task[None]] = set()
+        """Replaced connections being closed, awaited by ``close``."""
+
+    def describe_url(self) -> str:
+        """The URL for logs: a combined stream of many symbols is not spelled out."""
+        if len(self.symbols) <= 3:
+            return self.url
+        return f"{self.url.split('?', 1)[0]}?streams={self.symbols[0].lower()}@trade/... " + (
+            f"({len(self.symbols)} streams)"
+        )
+
+    def start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(
+                self._supervise(), name=f"feed-supervisor-{self.index}"
+            )
+
+    def reconnect(self, reason: str) -> None:
+        self._rotate_reason = reason
+        self._rotate.set()
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await asyncio.gather(
+            *(self._shut(link) for link in list(self._links)), *list(self._shutting)
+        )
+        self.connected = False
+
+    def paused_until(self) -> float:
+        return self._ctx.clock.monotonic() if self._paused_readers else self._pause_ended
+
+    # Decoding, in the consumer's task.
+
+    def decode_into(self, items: list[FeedItem], most: int) -> int:
+        """Decode up to ``most`` buffered entries into ``items``; how many were taken."""
+        buffer = self.buffer
+        decode = self._decoder.decode
+        stats = self._ctx.stats
+        received = stats.received
+        last: Trade | None = None
+        taken = min(len(buffer), most)
+        for _ in range(taken):
+            entry = buffer.popleft()
+            if type(entry) is not tuple:
+                if type(entry) is Reconnected:
+                    self._marked = False
+                items.append(entry)  # type: ignore[arg-type]
+                continue
+            frame, arrived = entry
+            result = decode(frame)
+            if type(result) is Trade:
+                items.append(Received(result, arrived))
+                received[result.symbol] += 1
+                last = result
+            else:
+                self._note(result, frame)  # type: ignore[arg-type]
+        if last is not None:
+            stats.exchange_lag[last.symbol] = self._ctx.clock.time() - last.timestamp / 1000
+        if len(buffer) < self._resume_at and not self._room.is_set():
+            self._room.set()
+        return taken
+
+    def _note(self, issue: FrameIssue, frame: str | bytes) -> None:
+        stats = self._ctx.stats
+        if issue.kind == "shutdown":
+            logger.warning(
+                "Exchange announced a server shutdown ({name}): opening a new connection",
+                name=self.name,
+            )
+            self.reconnect("server shutdown")
+            return
+        if issue.kind == "ignored":
+            stats.ignored[issue.reason] += 1
+            return
+        stats.rejected[issue.reason] += 1
+        rejected = self._ctx.rejected
+        count = rejected[issue.reason] = rejected.get(issue.reason, 0) + 1
+        if count <= 20 or count % 1000 == 0:
+            if isinstance(frame, str):
+                preview = frame[:200] + (
+                    f"... ({len(frame)} characters)" if len(frame) > 200 else ""
+                )
+            else:
+                preview = f"<{len(frame)} binary bytes>"
+            logger.warning(
+                "Rejected frame ({reason}, {count} so far): {preview}",
+                reason=issue.reason,
+                count=count,
+                preview=preview,
+            )
+
+    # Connections, in the supervisor's task.
+
+    def _mark(self, reason: str) -> None:
+        """Tell the use case that this shard's trades may have been missed before this point.
+
+        One mark waiting in the buffer covers later reconnections too (the catch-up it starts
+        reaches the newest trade), so marks cannot grow the buffer.
+        """
+        if not self._marked:
+            self.buffer.append(Reconnected(reason, self.symbols))
+            self._marked = True
+            self._ctx.arrived.set()
+
+    def _drop(self, frame: str | bytes) -> None:
+        """Drop a frame read while there is no room, remembering which trades of each symbol
+        were dropped; notices and bad frames are acted on as always."""
+        result = self._decoder.decode(frame)
+        if type(result) is not Trade:
+            self._note(result, frame)  # type: ignore[arg-type]
+            return
+        self._ctx.stats.overflow_frames += 1
+        this = DroppedRange(result.symbol, result.trade_id, result.trade_id, result.timestamp)
+        known = self._dropped.get(result.symbol)
+        self._dropped[result.symbol] = this if known is None else known.merged(this)
+
+    def _tell_dropped(self) -> None:
+        """Queue a note of the trades dropped, so that they are recovered before what follows.
+
+        A note still waiting with no frame kept after it takes these drops in too (notes and
+        marks alone cannot grow the buffer). One with frames after it must not: the hole it
+        names would then cover trades that are still to come.
+        """
+        if not self._dropped:
+            return
+        ranges = dict(self._dropped)
+        self._dropped.clear()
+        buffer = self.buffer
+        for back in range(1, min(len(buffer), 3) + 1):
+            entry = buffer[-back]
+            if type(entry) is tuple:
+                break
+            if type(entry) is Dropped:
+                for earlier in entry.ranges:
+                    later = ranges.get(earlier.symbol)
+                    ranges[earlier.symbol] = earlier if later is None else earlier.merged(later)
+                buffer[-back] = Dropped(tuple(ranges.values()))
+                return
+        buffer.append(Dropped(tuple(ranges.values())))
+        self._ctx.arrived.set()
+
+    async def _supervise(self) -> None:
+        ctx = self._ctx
+        current: _Link | None = None
+        down_since = ctx.clock.monotonic()
+        reason = ""
+        while not ctx.closing:
+            link = await self._open(down_since)
+            if link is None:
+                return
+            previous, current = current, link
+            if previous is not None:
+                # A planned replacement: the new connection is open, the old one can go.
+                shutting = asyncio.create_task(self._shut(previous), name="feed-shut")
+                self._shutting.add(shutting)
+                shutting.add_done_callback(self._shutting.discard)
+            if self._connections > 1:
+                # The old connection may have missed trades (it went silent, or closed before
+                # the new one opened): the use case checks history; overlaps are dropped by id.
+                self._mark(reason)
+            link.reader = asyncio.create_task(
+                self._read(link), name=f"feed-reader-{self.index}-{link.number}"
+            )
+            self.connected = True
+            reason, lost = await self._hold(link)
+            ctx.stats.reconnects[reconnect_reason(reason)] += 1
+            if lost:
+                current = None
+                self.connected = False
+                healthy = link.frames > 0 or (
+                    ctx.clock.monotonic() - link.opened_at >= ctx.tuning.stable_after
+                )
+                if healthy:
+                    self._attempt = 0
+                    down_since = ctx.clock.monotonic()
+                else:
+                    self._attempt += 1
+                logger.warning(
+                    "Exchange connection {n} lost ({reason}) after {frames} frames; "
+                    "reconnecting {name}",
+                    n=link.number,
+                    reason=reason,
+                    frames=link.frames,
+                    name=self.name,
+                )
+            else:
+                logger.info(
+                    "Replacing exchange connection {n} ({reason}, {name})",
+                    n=link.number,
+                    reason=reason,
+                    name=self.name,
+                )
+                down_since = ctx.clock.monotonic()
+
+    async def _hold(self, link: _Link) -> tuple[str, bool]:
+        """Wait until ``link`` is lost (True) or should be replaced (False), and say why."""
+        assert link.reader is not None  # noqa: S101 - set by the caller
+        rotate = asyncio.create_task(self._rotate.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {link.reader, rotate},
+                timeout=self._rotate_after,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            rotate.cancel()
+            await asyncio.gather(rotate, return_exceptions=True)
+        if link.reader in done:
+            return link.reason, True
+        if rotate in done:
+            self._rotate.clear()
+            return self._rotate_reason, False
+        return "rotation", False
+
+    async def _open(self, down_since: float) -> _Link | None:
+        ctx = self._ctx
+        tuning = ctx.tuning
+        window = ctx.window
+        clock = ctx.clock
+        while not ctx.closing:
+            attempt = self._attempt
+            now = clock.monotonic()
+            delay = tuning.backoff.delay(attempt, ctx.rand()) if attempt >= 1 else 0.0
+            delay = max(delay, window.wait_before_next(now))
+            deadline = down_since + tuning.unavailable_timeout
+            if attempt >= 1 and now >= deadline:
+                ctx.fail(
+                    f"the exchange at {self.describe_url()} has been unreachable for "
+                    f"{now - down_since:.0f} s "
+                    f"(EXCHANGE_UNAVAILABLE_TIMEOUT_SEC={tuning.unavailable_timeout:g})"
+                )
+                return None
+            # The last attempt is made at the deadline rather than never.
+            delay = min(delay, max(0.0, deadline - now))
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # The window is shared by every shard: another may have taken the room meanwhile.
+            while (wait := window.wait_before_next(clock.monotonic())) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            window.record(clock.monotonic())
+            self._connections += 1
+            ctx.connection_numbers += 1
+            number = ctx.connection_numbers
+            try:
+                ws = await ctx.connect(self.url)
+            except ConnectFailed as error:
+                self._attempt += 1
+                ctx.stats.reconnects["connect_failed"] += 1
+                logger.warning(
+                    "Could not connect to the exchange at {url} (attempt {attempt}): {error}",
+                    url=self.describe_url(),
+                    attempt=self._attempt,
+                    error=str(error),
+                )
+                continue
+            link = _Link(ws, number, clock.monotonic())
+            self._links[link] = None
+            logger.info(
+                "Connected to the exchange: {url} (connection {n}, {name})",
+                url=self.describe_url(),
+                n=number,
+                name=self.name,
+            )
+            return link
+        return None
+
+    async def _read(self, link: _Link) -> None:
+        # Only receives: decoding happens elsewhere so pings are always answered in time.
+        buffer = self.buffer
+        arrived = self._ctx.arrived
+        limit = self.limit
+        max_bytes = self._ctx.tuning.max_frame_bytes
+        clock = self._ctx.clock.monotonic
+        try:
+            if len(buffer) >= limit:
+                # A new connection's reader must not add to a buffer that is full already.
+                await self._wait_for_room()
+            async for frame in link.ws:
+                link.frames += 1
+                if len(frame) > max_bytes:
+                    self._note(OVERSIZED, frame)
+                    continue
+                if self._overflowing:
+                    if len(buffer) >= self._resume_at:
+                        self._drop(frame)
+                        continue
+                    self._overflowing = False
+                    self._tell_dropped()
+                buffer.append((frame, clock()))
+                arrived.set()
+                # A full buffer pauses reading after the frame is kept: one taken and then
+                # dropped at a stop would be a received trade lost.
+                if len(buffer) >= limit:
+                    await self._wait_for_room()
+        except ConnectionLost as lost:
+            link.reason = lost.reason
+        finally:
+            # Ended (lost, replaced, closed) while dropping: what was dropped is still due.
+            self._tell_dropped()
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading while the buffer is full: the socket then pushes back on the exchange.
+
+        A pause longer than ``pause_limit`` would let the connection die unnoticed (pings go
+        unanswered behind the unread frames), so then the reader reads on, dropping frames
+        until there is room again. A ``Dropped`` item after them names the trades dropped of
+        each symbol, so that the use case recovers them from history, even at a stop (they
+        were received).
+        """
+        ctx = self._ctx
+        ctx.pauses += 1
+        if ctx.pauses == 1 or ctx.pauses % 100 == 0:
+            logger.warning(
+                "Receive buffer full ({limit} frames, {name}): reading paused until the "
+                "publisher catches up ({n} pauses so far)",
+                limit=self.limit,
+                name=self.name,
+                n=ctx.pauses,
+            )
+        ctx.stats.buffer_pauses += 1
+        self._paused_readers += 1
+        try:
+            async with asyncio.timeout(ctx.tuning.pause_limit):
+                while len(self.buffer) >= self._resume_at:
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            if self._overflowing:
+                return  # the other reader (of a connection being replaced) got there first
+            self._overflowing = True
+            logger.warning(
+                "Receive buffer of {name} still full after {limit:g} s: reading on and dropping "
+                "frames until there is room; their trades are recovered from history",
+                name=self.name,
+                limit=ctx.tuning.pause_limit,
+            )
+        finally:
+            self._paused_readers -= 1
+            self._pause_ended = ctx.clock.monotonic()
+
+    async def _shut(self, link: _Link) -> None:
+        if link.closing:
+            return  # being shut already (a replaced connection): ``close`` awaits that
+        link.closing = True
+        try:
+            async with asyncio.timeout(self._ctx.tuning.close_timeout + 1):
+                await link.ws.close()
+        except TimeoutError:
+            pass
+        finally:
+            if link.reader is not None and not link.reader.done():
+                link.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link.reader
+            self._links.pop(link, None)
