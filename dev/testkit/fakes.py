@@ -64,6 +64,8 @@ class InMemoryTradeFeed(TradeFeed):
         self._clock_now: Callable[[], float] = clock.monotonic if clock else (lambda: 0.0)
         self.paused_at = -math.inf
         """What ``paused_until`` answers: set it to pretend the reader was paused."""
+        self._reading = False
+        self._drained = _Signal()
 
     def push(self, *trades: Trade) -> None:
         for trade in trades:
@@ -95,7 +97,10 @@ class InMemoryTradeFeed(TradeFeed):
             if self.closed:
                 return []
             self._arrived.clear()
+            self._reading = True
+            await self._drained.notify()
             await self._arrived.wait()
+            self._reading = False
         batch: list[FeedItem] = []
         while self._items:
             item = self._items[0]
@@ -119,6 +124,10 @@ class InMemoryTradeFeed(TradeFeed):
     def backlog(self) -> int:
         return len(self._items)
 
+    async def drained(self) -> None:
+        """Until everything pushed was taken and the reader waits for more."""
+        await self._drained.wait_until(lambda: self._reading and not self._items)
+
     def paused_until(self, symbol: str | None = None) -> float:
         return self.paused_at
 
@@ -130,6 +139,8 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         self.symbols = dict(symbols or {})
         self.history: dict[str, list[Trade]] = {}
         self.history_requests: list[tuple[str, int, int]] = []
+        self.latest_requests: list[str] = []
+        """Symbols whose newest trade id was asked for (the cheap probe)."""
         self.refuse_history: str | None = None
         self.hold: asyncio.Event | None = None
         """While set to an unset event, history requests wait for it."""
@@ -163,6 +174,10 @@ class InMemoryExchange(SymbolDirectory, TradeHistory):
         return trades[:limit]
 
     async def latest_trade_id(self, symbol: str) -> int | None:
+        self.latest_requests.append(symbol)
+        await self._signal.notify()
+        if self.refuse_history is not None:
+            raise HistoryError(self.refuse_history)
         trades = self.history.get(symbol)
         return trades[-1].trade_id if trades else None
 

@@ -82,6 +82,8 @@ class RunStats(LoaderMetrics):
         self.latency = LatencyHistogram()
         self.status: Status | None = None
         self.buffer_pauses = 0
+        self.held_symbols = 0
+        self.held_trades = 0
         self.overflow_frames = 0
 
     # LoaderMetrics
@@ -100,6 +102,10 @@ class RunStats(LoaderMetrics):
 
     def duplicate(self, symbol: str) -> None:
         self.duplicates[symbol] += 1
+
+    def holding(self, symbols: int, trades: int) -> None:
+        self.held_symbols = symbols
+        self.held_trades = trades
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,16 @@ class RunStatsCollector(Collector):
             "loader_feed_connected",
             "1 while every connection shard is connected to the exchange",
             value=self._readings.feed_connected(),
+        )
+        yield GaugeMetricFamily(
+            "loader_backfill_held_symbols",
+            "Symbols whose live trades wait for a gap to be filled from history",
+            value=stats.held_symbols,
+        )
+        yield GaugeMetricFamily(
+            "loader_backfill_held_trades",
+            "Live trades waiting behind their symbol's gap",
+            value=stats.held_trades,
         )
         yield GaugeMetricFamily(
             "loader_exchange_connections",

@@ -1,17 +1,40 @@
 """Trades missing from the live stream, recovered from the exchange's history and handed on in
-trade-id order, or reported when they cannot be."""
+trade-id order, or reported when they cannot be.
+
+The pump never waits for history: a symbol with a gap is *held* (its live trades queue behind
+the gap, within a bound) and a background worker fills the gaps one symbol at a time, oldest
+first, then hands on what was held. Every other symbol flows on meanwhile.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from loguru import logger
 
 from application.config import LoaderConfig
-from application.ports import Clock, DroppedRange, HistoryError, LoaderMetrics, TradeHistory
-from domain.sequence import Gap, TradeSequencer
+from application.ports import (
+    Clock,
+    DroppedRange,
+    HistoryError,
+    LoaderMetrics,
+    Received,
+    TradeHistory,
+)
+from domain.sequence import Gap, TradeSequencer, Verdict
 from domain.trade import Trade
+
+QUIET_AFTER_RECONNECT = 2.0
+"""How long a symbol may stay quiet after its connection was replaced before the exchange is
+asked for its newest trade id: a live trade would have revealed any gap by then."""
+
+RECONNECT_GAP = "missed while the connection was replaced"
+"""How a gap revealed by the first live trade after a reconnect is described."""
+LIVE_GAP = "missing from the live stream"
 
 HISTORY_PATIENCE = 6.0
 """How long a gap before a received trade waits for history to reach it (which lags the
@@ -42,8 +65,32 @@ class Run(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A live trade waiting behind its symbol's gap, and how a gap before it was found."""
+
+    item: Received
+    found: str
+
+
+def ahead(items: Iterable[object], gap: Gap) -> dict[int, Received]:
+    """The trades of ``gap`` among ``items`` (received later), by id."""
+    found: dict[int, Received] = {}
+    for item in items:
+        if isinstance(item, _Held):
+            item = item.item
+        if (
+            isinstance(item, Received)
+            and item.trade.symbol == gap.symbol
+            and gap.first_id <= item.trade.trade_id <= gap.last_id
+        ):
+            found.setdefault(item.trade.trade_id, item)
+    return found
+
+
 class Backfill:
-    """Fills gaps and catches up after reconnections from the exchange's history."""
+    """Holds the symbols with a gap, fills the gaps from history in a background worker, and
+    looks at symbols quiet after a reconnect."""
 
     def __init__(
         self,
@@ -60,11 +107,173 @@ class Backfill:
         self._clock = clock
         self._metrics = metrics
         self._run = run
+        self._held: dict[str, deque[_Held | DroppedRange]] = {}
+        """Held symbols, with what waits behind each one's gap, in stream order."""
+        self._waiting: deque[str] = deque()
+        """Held symbols not served yet, in the order their gaps were found."""
+        self._held_trades = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._wake = asyncio.Event()
+        self._unchecked: dict[str, float] = {}
+        """Symbols whose connection was replaced and that have not traded since, with when
+        to ask the exchange for their newest trade id."""
+        self._probing: str | None = None
+
+    # What the pump tells (it never waits here).
+
+    def holds(self, symbol: str) -> bool:
+        """Whether ``symbol``'s live trades wait behind a gap."""
+        return symbol in self._held
+
+    @property
+    def held_trades(self) -> int:
+        return self._held_trades
+
+    def hold(self, item: Received, found: str) -> None:
+        """Keep ``item`` behind its symbol's gap (its own, when the symbol is not held yet).
+
+        Past ``BACKFILL_HOLD_TRADES`` held trades in all, only a trade's id is kept: it was
+        received, so it is fetched from history with the gap, like a trade the feed dropped.
+        """
+        symbol = item.trade.symbol
+        queue = self._held.get(symbol)
+        if queue is None:
+            self._start(symbol, _Held(item, found))
+        elif self._held_trades < self._config.backfill_hold_trades:
+            queue.append(_Held(item, found))
+            self._held_trades += 1
+        else:
+            trade = item.trade
+            self._keep_range(
+                queue, DroppedRange(symbol, trade.trade_id, trade.trade_id, trade.timestamp)
+            )
+        self._report()
+
+    def dropped(self, ranges: Sequence[DroppedRange]) -> None:
+        """The feed read and dropped ``ranges`` for want of room: they were received, so they
+        are fetched from history in their place, even at a stop."""
+        for dropped in ranges:
+            queue = self._held.get(dropped.symbol)
+            if queue is None:
+                self._start(dropped.symbol, dropped)
+            else:
+                self._keep_range(queue, dropped)
+        self._report()
+
+    def reconnected(self, symbols: Sequence[str]) -> None:
+        """The connection of ``symbols`` was replaced: trades may have been missed.
+
+        Nothing is fetched yet. Trade ids are contiguous, so a symbol's next live trade tells
+        whether (and which) trades were missed, and the gap is filled then. Only a symbol
+        that stays quiet for ``QUIET_AFTER_RECONNECT`` is looked at, by its newest trade id.
+        """
+        due = self._clock.monotonic() + QUIET_AFTER_RECONNECT
+        for symbol in symbols:
+            if self._sequencer.last(symbol) is not None:
+                self._unchecked.setdefault(symbol, due)
+        self._wake.set()
+
+    def traded(self, symbol: str) -> bool:
+        """A live trade of ``symbol`` arrived: it shows any gap itself. Whether it is the
+        first since the symbol's connection was replaced."""
+        if self._probing == symbol:
+            self._probing = None
+            return True
+        return bool(self._unchecked) and self._unchecked.pop(symbol, None) is not None
+
+    def _start(self, symbol: str, entry: _Held | DroppedRange) -> None:
+        self._held[symbol] = deque([entry])
+        self._held_trades += isinstance(entry, _Held)
+        self._waiting.append(symbol)
+        self._settled.clear()
+        self._wake.set()
+
+    def _keep_range(self, queue: deque[_Held | DroppedRange], dropped: DroppedRange) -> None:
+        if queue and isinstance(queue[-1], DroppedRange):
+            queue[-1] = queue[-1].merged(dropped)
+        else:
+            queue.append(dropped)
+
+    def _report(self) -> None:
+        self._metrics.holding(len(self._held), self._held_trades)
+
+    # The worker.
+
+    async def work(self) -> None:
+        """Serve the held symbols, oldest gap first, and look at quiet symbols when due; runs
+        beside the pump while the run streams."""
+        while True:
+            if self._waiting:
+                await self._serve(self._waiting.popleft())
+                continue
+            due = min(self._unchecked.values(), default=None)
+            now = self._clock.monotonic()
+            if due is not None and due <= now:
+                await self._probe(min(self._unchecked, key=self._unchecked.__getitem__))
+                continue
+            self._wake.clear()
+            await self._woken(None if due is None else due - now)
+
+    async def settled(self) -> None:
+        """Until no symbol is held: trades received are owed even at a stop."""
+        await self._settled.wait()
+
+    async def _woken(self, timeout: float | None) -> None:
+        if timeout is None:
+            await self._wake.wait()
+            return
+        wake = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait({wake, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (wake, timer):
+                task.cancel()
+            await asyncio.gather(wake, timer, return_exceptions=True)
+
+    async def _serve(self, symbol: str) -> None:
+        """Fill ``symbol``'s gap, then hand on, in order, what waited behind it."""
+        queue = self._held[symbol]
+        while queue and not self._run.over_limit():
+            entry = queue.popleft()
+            if isinstance(entry, DroppedRange):
+                await self._fill_dropped(entry)
+                continue
+            await self._release(entry, queue)
+            self._held_trades -= 1
+            self._report()
+        # Past the bound nothing more is due.
+        self._held_trades -= sum(isinstance(entry, _Held) for entry in queue)
+        del self._held[symbol]
+        if not self._held:
+            self._settled.set()
+        self._report()
+
+    async def _release(self, held: _Held, queue: deque[_Held | DroppedRange]) -> None:
+        trade = held.item.trade
+        verdict = self._sequencer.classify(trade.symbol, trade.trade_id)
+        if verdict is Verdict.DUPLICATE:
+            self._metrics.duplicate(trade.symbol)
+            return
+        gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
+        if gap is not None:
+            # Connections overlapping interleave: the missing trades may be right behind.
+            found = ahead(queue, gap)
+            next_id = gap.first_id
+            while next_id in found and not self._run.over_limit():
+                await self._run.hand(found[next_id].trade, found[next_id].received_at)
+                next_id += 1
+            if next_id <= gap.last_id:
+                await self.fill(Gap(gap.symbol, next_id, gap.last_id), trade.timestamp, held.found)
+        if not self._run.over_limit():
+            await self._run.hand(trade, held.item.received_at)
 
     async def fill(
-        self, gap: Gap, newest_time: int, found: str = "missing from the live stream"
+        self, gap: Gap, newest_time: int | None, found: str = LIVE_GAP, *, received: bool = True
     ) -> None:
-        """Publish the trades of ``gap`` (found before a live trade made at ``newest_time``)."""
+        """Publish the trades of ``gap`` (found before a live trade made at ``newest_time``,
+        if one was ``received``)."""
         self._metrics.gap(gap)
         logger.warning(
             "Gap in {symbol}: trades {first}..{last} ({size}) {found}",
@@ -74,59 +283,73 @@ class Backfill:
             size=gap.size,
             found=found,
         )
-        refusal = self._refuse_fill(gap)
-        if refusal is not None:
-            await self._unrecoverable(gap, refusal)
-            return
-        await self._recover(gap.symbol, gap.first_id, gap.last_id, newest_time)
-
-    def _refuse_fill(self, gap: Gap) -> str | None:
         if gap.size > self._config.backfill_max_trades:
-            return f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
-        return None
+            reason = f"larger than BACKFILL_MAX_TRADES={self._config.backfill_max_trades}"
+            await self._unrecoverable(gap, reason)
+            return
+        await self._recover(gap.symbol, gap.first_id, gap.last_id, newest_time, received=received)
 
-    async def dropped(self, ranges: Sequence[DroppedRange]) -> None:
-        """Publish from history the trades the feed read and dropped for want of room: they
-        were received, so they are due even at a stop. What cannot be had is reported, and
-        the sequence goes on after the range either way."""
-        for dropped in ranges:
-            symbol = dropped.symbol
-            last = self._sequencer.last(symbol)
-            if last is not None and last >= dropped.last_id:
-                continue
-            first = dropped.first_id if last is None else last + 1
-            if self._run.over_limit():
-                return
-            await self.fill(
-                Gap(symbol, first, dropped.last_id),
-                dropped.last_time,
-                found="dropped by the full receive buffer",
+    async def _fill_dropped(self, dropped: DroppedRange) -> None:
+        """What cannot be had is reported; the sequence goes on after the range either way."""
+        symbol = dropped.symbol
+        last = self._sequencer.last(symbol)
+        if last is not None and last >= dropped.last_id:
+            return
+        first = dropped.first_id if last is None else last + 1
+        await self.fill(
+            Gap(symbol, first, dropped.last_id),
+            dropped.last_time,
+            found="dropped by the full receive buffer",
+        )
+        now = self._sequencer.last(symbol)
+        if (now is None or now < dropped.last_id) and not self._run.over_limit():
+            self._sequencer.accept(symbol, dropped.last_id)
+
+    async def _probe(self, symbol: str) -> None:
+        """Ask for the newest trade id of ``symbol``, quiet since its reconnect, and publish
+        from history what its old connection missed (up to a stop, if one came)."""
+        del self._unchecked[symbol]
+        if self._run.stopping() or self._run.over_limit() or symbol in self._held:
+            return
+        last = self._sequencer.last(symbol)
+        self._probing = symbol
+        try:
+            newest = await self._history.latest_trade_id(symbol)
+        except HistoryError as error:
+            logger.warning(
+                "Could not check {symbol} for trades missed at a reconnect: {error}",
+                symbol=symbol,
+                error=str(error),
             )
-            now = self._sequencer.last(symbol)
-            if (now is None or now < dropped.last_id) and not self._run.over_limit():
-                self._sequencer.accept(symbol, dropped.last_id)
-
-    async def catch_up(self, reason: str, symbols: Sequence[str]) -> None:
-        """After a reconnect, publish from history what the old connection of ``symbols``
-        missed."""
-        for symbol in symbols:
-            last = self._sequencer.last(symbol)
-            if last is not None:
-                logger.info(
-                    "Reconnected ({reason}): catching up {symbol} from trade {first}",
-                    reason=reason,
-                    symbol=symbol,
-                    first=last + 1,
-                )
-                await self._recover(symbol, last + 1, None)
+            return
+        finally:
+            traded, self._probing = self._probing is None, None
+        if traded or last is None or newest is None or newest <= last or self._run.stopping():
+            return  # a live trade came meanwhile and shows any gap itself, or none was missed
+        self._held[symbol] = deque()
+        self._settled.clear()
+        await self.fill(Gap(symbol, last + 1, newest), None, RECONNECT_GAP, received=False)
+        done = self._sequencer.last(symbol)
+        unpublished = done is None or done < newest
+        if unpublished and not self._ended_reading(False) and not self._run.over_limit():
+            # What was not published was reported: the sequence goes on after it.
+            self._sequencer.accept(symbol, newest)
+        await self._serve(symbol)
 
     async def _recover(
-        self, symbol: str, first_id: int, last_id: int | None, newest_time: int | None = None
+        self,
+        symbol: str,
+        first_id: int,
+        last_id: int,
+        newest_time: int | None = None,
+        *,
+        received: bool = True,
     ) -> None:
-        """Publish history trades ``first_id..last_id`` (to the newest when ``last_id`` is None).
+        """Publish history trades ``first_id..last_id``.
 
         Trades more than ``backfill_max_age`` older than ``newest_time`` (exchange time of the
-        trade that revealed the gap) are reported instead of published.
+        trade that revealed the gap) are reported instead of published. Unless a trade after
+        them was ``received``, reading them ends at a stop, with nothing made after it.
         """
         page_size = self._config.backfill_page_size
         budget = self._config.backfill_max_trades
@@ -135,35 +358,24 @@ class Backfill:
         recovered = 0
         stale_from: int | None = None
         patience, pause = HISTORY_PATIENCE, 0.1
-        while (last_id is None or next_id <= last_id) and recovered < budget:
-            if self._run.over_limit():
+        while next_id <= last_id and recovered < budget:
+            if self._run.over_limit() or self._ended_reading(received):
                 break
-            if last_id is None and self._run.stopping():
-                # A stop ends reading the exchange: no catching up with trades that came after
-                # it. Gaps before trades already received are still closed (``last_id`` set).
-                break
-            want = page_size if last_id is None else min(page_size, last_id - next_id + 1)
+            want = min(page_size, last_id - next_id + 1)
             try:
                 page = await self._history.trades_from(symbol, next_id, want)
             except HistoryError as error:
-                if last_id is not None:
-                    await self._unrecoverable(Gap(symbol, next_id, last_id), str(error))
-                    next_id = last_id + 1  # accounted for
-                else:
-                    logger.warning(
-                        "Catch-up of {symbol} from history failed: {error}",
-                        symbol=symbol,
-                        error=str(error),
-                    )
+                await self._unrecoverable(Gap(symbol, next_id, last_id), str(error))
+                next_id = last_id + 1  # accounted for
                 break
             now = self._clock.monotonic()
             start = next_id
             for trade in page:
                 if trade.trade_id < next_id:
                     continue
-                if (last_id is not None and trade.trade_id > last_id) or self._run.over_limit():
+                if trade.trade_id > last_id or self._run.over_limit():
                     break
-                if last_id is None and trade.timestamp > self._run.stopped_at_ms():
+                if not received and trade.timestamp > self._run.stopped_at_ms():
                     break  # made after the stop: reading the exchange had ended
                 if oldest is not None and trade.timestamp < oldest:
                     stale_from = trade.trade_id if stale_from is None else stale_from
@@ -180,9 +392,9 @@ class Backfill:
                 recovered += 1
                 next_id = trade.trade_id + 1
             if len(page) < want or next_id == start:
-                if last_id is not None and next_id <= last_id and patience > 0:
-                    # Trades after these were received, so these exist: history lags the
-                    # stream. Ask again a little later rather than give them up.
+                if next_id <= last_id and patience > 0 and not self._ended_reading(received):
+                    # These exist (a trade after them was received, or history named them):
+                    # history lags the stream. Ask again a little later rather than give up.
                     await self._clock.sleep(min(pause, patience))
                     patience -= pause
                     pause *= 2
@@ -190,7 +402,7 @@ class Backfill:
                 break
         if stale_from is not None:
             await self._too_old(Gap(symbol, stale_from, next_id - 1))
-        if last_id is not None and next_id <= last_id and not self._run.over_limit():
+        if next_id <= last_id and not self._run.over_limit() and not self._ended_reading(received):
             await self._unrecoverable(Gap(symbol, next_id, last_id), "history does not reach them")
         if recovered:
             self._metrics.backfilled(symbol, recovered)
@@ -199,6 +411,11 @@ class Backfill:
                 count=recovered,
                 symbol=symbol,
             )
+
+    def _ended_reading(self, received: bool) -> bool:
+        """Whether a stop ended reading the exchange for trades not ``received``: none after
+        the last one received is due."""
+        return not received and self._run.stopping()
 
     async def _too_old(self, gap: Gap) -> None:
         reason = f"older than BACKFILL_MAX_AGE_SEC={self._config.backfill_max_age:g}"

@@ -22,4 +22,5 @@ class LoaderConfig:
     backfill_max_age: float
     resume_window: float
     silence_timeout: float
+    backfill_hold_trades: int
     backfill_page_size: int = 1000

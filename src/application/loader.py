@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from application.backfill import Backfill
+from application.backfill import LIVE_GAP, RECONNECT_GAP, Backfill, ahead
 from application.config import LoaderConfig
 from application.ports import (
     Clock,
@@ -41,7 +41,7 @@ from domain.errors import (
     PermanentFailure,
 )
 from domain.messages import TelemetryEvent
-from domain.sequence import Gap, TradeSequencer, Verdict
+from domain.sequence import TradeSequencer, Verdict
 from domain.state import LoaderState, StateChange, Status
 from domain.trade import Trade
 
@@ -109,6 +109,7 @@ class TradeLoader:
         self._backfill = Backfill(config, history, self._sequencer, clock, metrics, self)
         self._silence = SilenceWatch(config, history, feed, self._sequencer, clock, self._behind)
         self._last_seen = self._silence.last_seen
+        self._newest_received = self._silence.newest_received
 
     @property
     def state(self) -> LoaderState:
@@ -244,11 +245,12 @@ class TradeLoader:
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
             unacknowledged = self._handed - self._publisher.acknowledged()
-            waiting = self._unprocessed + 1 + self._feed.backlog()
+            waiting = self._unprocessed + self._feed.backlog()
             message = (
                 f"Received trades were not all published: DRAIN_TIMEOUT_SEC="
                 f"{self._config.drain_timeout:g} ran out with {unacknowledged} trades not yet "
-                f"acknowledged by Kafka and {waiting} frames not yet processed"
+                f"acknowledged by Kafka, {self._backfill.held_trades} held behind gaps being "
+                f"filled and {waiting} frames not yet processed"
             )
             logger.error(message)
             # Whatever ended the run, losing received trades makes it an error.
@@ -290,45 +292,60 @@ class TradeLoader:
             self._end(Status.ERROR, f"Unexpected failure: {error!r}", 1)
 
     async def _pump(self) -> None:
+        worker = asyncio.create_task(self._watch(self._backfill.work), name="backfill")
+        try:
+            if await self._read_feed():
+                # Trades held behind a gap were received: they are owed even at a stop.
+                settled = asyncio.create_task(self._backfill.settled())
+                try:
+                    await asyncio.wait({settled, worker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    settled.cancel()
+                    await asyncio.gather(settled, return_exceptions=True)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    async def _read_feed(self) -> bool:
+        """Process the feed's batches until it ends (True) or the bound on records is reached."""
         while True:
             batch = await self._feed.next_batch()
             if not batch:
-                return
+                return True
             self._unprocessed = len(batch)
             for index, item in enumerate(batch):
                 self._unprocessed -= 1
                 if isinstance(item, Reconnected):
-                    await self._backfill.catch_up(item.reason, item.symbols)
+                    self._backfill.reconnected(item.symbols)
                 elif isinstance(item, Dropped):
-                    await self._backfill.dropped(item.ranges)
+                    self._backfill.dropped(item.ranges)
                 else:
                     self._horizon = item.received_at
-                    await self._take(item.trade, item.received_at, batch, index)
+                    await self._take(item, batch, index)
                 if self.over_limit():
-                    self._end(
-                        Status.FINISHED,
-                        f"Reached STOP_AFTER_RECORDS={self._config.stop_after_records}",
-                        0,
-                    )
-                    return
+                    return False
 
-    async def _take(
-        self, trade: Trade, received_at: float, batch: Sequence[FeedItem], index: int
-    ) -> None:
-        verdict = self._sequencer.classify(trade.symbol, trade.trade_id)
-        if verdict is Verdict.DUPLICATE:
-            self._metrics.duplicate(trade.symbol)
+    async def _take(self, item: Received, batch: Sequence[FeedItem], index: int) -> None:
+        trade = item.trade
+        symbol = trade.symbol
+        self._last_seen[symbol] = item.received_at
+        self._newest_received[symbol] = trade.trade_id
+        reconnected = self._backfill.traded(symbol)
+        if self._backfill.holds(symbol):
+            self._backfill.hold(item, RECONNECT_GAP if reconnected else LIVE_GAP)
             return
-        if verdict is Verdict.GAP:
-            gap = await self._from_batch(trade, batch, index)
-            if gap is not None:
-                await self._backfill.fill(gap, trade.timestamp)
-            if self.over_limit():
-                return
-        await self.hand(trade, received_at)
+        verdict = self._sequencer.classify(symbol, trade.trade_id)
+        if verdict is Verdict.DUPLICATE:
+            self._metrics.duplicate(symbol)
+            return
+        if verdict is Verdict.GAP and not await self._from_batch(trade, batch, index):
+            # History is fetched in the background; only this symbol waits for it.
+            self._backfill.hold(item, RECONNECT_GAP if reconnected else LIVE_GAP)
+            return
+        await self.hand(trade, item.received_at)
 
-    async def _from_batch(self, trade: Trade, batch: Sequence[FeedItem], index: int) -> Gap | None:
-        """Hand the missing trades found further on in the batch; what is still missing.
+    async def _from_batch(self, trade: Trade, batch: Sequence[FeedItem], index: int) -> bool:
+        """Hand the missing trades found further on in the batch; whether none is missing.
 
         While one connection replaces another their frames interleave, so a trade can
         arrive just after a later one. It is taken from the batch rather than from history
@@ -336,28 +353,27 @@ class TradeLoader:
         """
         gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
         if gap is None:
-            return None
-        ahead: dict[int, Received] = {}
-        for item in batch[index + 1 :]:
-            if (
-                isinstance(item, Received)
-                and item.trade.symbol == gap.symbol
-                and gap.first_id <= item.trade.trade_id <= gap.last_id
-            ):
-                ahead.setdefault(item.trade.trade_id, item)
+            return True
+        found = ahead(batch[index + 1 :], gap)
         next_id = gap.first_id
-        while next_id in ahead and not self.over_limit():
-            await self.hand(ahead[next_id].trade, ahead[next_id].received_at)
+        while next_id in found and not self.over_limit():
+            await self.hand(found[next_id].trade, found[next_id].received_at)
             next_id += 1
-        if next_id > gap.last_id:
-            return None
-        return Gap(gap.symbol, next_id, gap.last_id)
+        return next_id > gap.last_id
 
     async def hand(self, trade: Trade, received_at: float) -> None:
+        """Publish ``trade``, the next of its symbol, unless the bound on records is reached
+        (the pump and the backfill worker both hand trades on)."""
+        if self.over_limit():
+            return
         self._sequencer.accept(trade.symbol, trade.trade_id)
         self._last_seen[trade.symbol] = received_at
         self._handed += 1
         await self._publisher.publish(trade, received_at)
+        if self.over_limit():
+            self._end(
+                Status.FINISHED, f"Reached STOP_AFTER_RECORDS={self._config.stop_after_records}", 0
+            )
 
     def over_limit(self) -> bool:
         limit = self._config.stop_after_records

@@ -238,3 +238,7 @@ class LoaderMetrics(Protocol):
     def duplicate(self, symbol: str) -> None:
         """A trade received again and dropped."""
         ...
+
+    def holding(self, symbols: int, trades: int) -> None:
+        """``symbols`` wait for their gaps to be filled, with ``trades`` held behind them."""
+        ...

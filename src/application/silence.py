@@ -17,8 +17,9 @@ READER_CATCH_UP_SECONDS = 1.0
 class SilenceWatch:
     """Asks the feed to reconnect when a symbol's trades stop while the exchange has newer ones.
 
-    ``last_seen`` (monotonic receipt time by symbol) is written by the run as it hands each
-    trade; ``behind(moment)`` tells whether items received before ``moment`` still wait to be
+    ``last_seen`` (monotonic receipt time by symbol) and ``newest_received`` (trade id by
+    symbol) are written by the run as it takes each live trade, held behind a gap or not;
+    ``behind(moment)`` tells whether items received before ``moment`` still wait to be
     processed, when nothing can be told about silence.
     """
 
@@ -40,6 +41,7 @@ class SilenceWatch:
         self._since = 0.0
         self._baseline: dict[str, int | None] = {}
         self.last_seen: dict[str, float] = {}
+        self.newest_received: dict[str, int] = {}
 
     def start(self, since: float) -> None:
         """Streaming began at ``since``: symbols not seen yet count as seen then."""
@@ -89,7 +91,10 @@ class SilenceWatch:
             # A full buffer paused reading: what the exchange sent meanwhile is still in the
             # socket, unseen. Looked at again after another timeout.
             return False
-        last = self._sequencer.last(symbol)
+        last = max(
+            (i for i in (self._sequencer.last(symbol), self.newest_received.get(symbol)) if i),
+            default=None,
+        )
         if last is not None:
             return newest is not None and newest > last
         # Nothing received yet: only trades newer than the first look count (a symbol that is

@@ -261,6 +261,9 @@ class Settings(KafkaSettings):
         100_000, ge=0, le=10_000_000, validation_alias="BACKFILL_MAX_TRADES"
     )
     backfill_max_age_sec: Seconds = Field(6 * 3600.0, validation_alias="BACKFILL_MAX_AGE_SEC")
+    backfill_hold_trades: int = Field(
+        50_000, ge=0, le=10_000_000, validation_alias="BACKFILL_HOLD_TRADES"
+    )
     resume_window_sec: float = Field(6 * 3600.0, ge=0, validation_alias="RESUME_WINDOW_SEC")
     rest_weight_budget: int = Field(4800, ge=25, le=6000, validation_alias="REST_WEIGHT_BUDGET")
 
@@ -335,6 +338,7 @@ class Settings(KafkaSettings):
             backfill_max_age=self.backfill_max_age_sec,
             resume_window=self.resume_window_sec,
             silence_timeout=self.silence_timeout_sec,
+            backfill_hold_trades=self.backfill_hold_trades,
         )
 
     def kafka_connection(self) -> KafkaConnection:

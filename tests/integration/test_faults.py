@@ -319,7 +319,7 @@ async def test_a_stalled_broker_fills_the_buffer_and_history_fills_the_hole(
     ids, _ = await complete_run(env_broker.plaintext, topics, sim, process, count, timeout=180)
     output = process.output()
     assert "Receive buffer full" in output
-    assert "catching up BTCUSDT" in output
+    assert "Gap in BTCUSDT" in output
     assert "Backfilled" in output
     assert sim.state()["connections"]["accepted"] >= 2
     assert peak < 200, f"peak RSS {peak:.0f} MB"

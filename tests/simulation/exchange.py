@@ -23,7 +23,7 @@ BINANCE_ATTEMPT_LIMIT = 300
 """Connection attempts Binance allows per IP in any 5 minutes."""
 BINANCE_WEIGHT_LIMIT = 6000
 """REST request weight Binance allows per IP a minute."""
-WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/historicalTrades": 25}
+WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4}
 
 
 @dataclass
@@ -354,7 +354,8 @@ class SimExchange:
 
 
 class _SimRest(RestTransport):
-    """``exchangeInfo`` and ``historicalTrades`` with latency, faults and Binance's weight rules."""
+    """``exchangeInfo``, ``historicalTrades`` and ``aggTrades`` with latency, faults and
+    Binance's weight rules."""
 
     def __init__(self, exchange: SimExchange) -> None:
         self._exchange = exchange
@@ -394,6 +395,8 @@ class _SimRest(RestTransport):
         if path == "/api/v3/historicalTrades":
             exchange.log.history_calls += 1
             return self._history(params, used, now)
+        if path == "/api/v3/aggTrades":
+            return self._newest_aggregate(params, used, now)
         return RestReply(404, b"", None, str(used))
 
     async def close(self) -> None:
@@ -405,6 +408,25 @@ class _SimRest(RestTransport):
         if any(name not in statuses for name in names):
             return RestReply(400, b'{"code":-1121,"msg":"Invalid symbol."}', None, str(used))
         body = {"symbols": [{"symbol": name, "status": statuses[name]} for name in names]}
+        return RestReply(200, orjson.dumps(body), None, str(used))
+
+    def _newest_aggregate(self, params: dict[str, str], used: int, now: float) -> RestReply:
+        """``aggTrades?limit=1`` as the loader asks it: one aggregate per trade is enough here."""
+        newest = now - self._exchange.history_lag
+        visible = [e for e in self._exchange.executed.get(params["symbol"], []) if e.at <= newest]
+        body = [
+            {
+                "a": e.trade.trade_id,
+                "p": e.frame["p"],
+                "q": e.frame["q"],
+                "f": e.trade.trade_id,
+                "l": e.trade.trade_id,
+                "T": e.trade.timestamp,
+                "m": e.trade.is_buyer_maker,
+                "M": True,
+            }
+            for e in visible[-int(params.get("limit", "500")) :]
+        ]
         return RestReply(200, orjson.dumps(body), None, str(used))
 
     def _history(self, params: dict[str, str], used: int, now: float) -> RestReply:

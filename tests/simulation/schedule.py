@@ -172,6 +172,7 @@ def generate(seed: int) -> Schedule:
         "backfill_max_trades": rng.choice((30, 1000, 100_000)),
         "backfill_max_age": rng.choice((20.0, 6 * 3600.0)),
         "resume_window": rng.choice((30.0, 6 * 3600.0, 6 * 3600.0)),
+        "backfill_hold_trades": rng.choice((0, 3, 50_000)),
     }
     feed: dict[str, Any] = {
         "buffer_frames": rng.choice((20, 200, 5000)),

@@ -396,6 +396,13 @@ class _World:
                         f"{self.loop.time():.3f} s: {len(shard.buffer)} frames buffered in "
                         f"{shard.name}, bound {shard.limit}"
                     )
+            # Past the hold bound only ids are kept; a symbol's first held trade always is.
+            hold_limit = result.config.backfill_hold_trades + len(result.config.symbols)
+            if result.stats.held_trades > hold_limit:
+                result.bound_breaches.append(
+                    f"{self.loop.time():.3f} s: {result.stats.held_trades} trades held behind "
+                    f"gaps, bound {hold_limit}"
+                )
             if publisher.in_flight > flight_limit:
                 result.bound_breaches.append(
                     f"{self.loop.time():.3f} s: {publisher.in_flight} trades in flight, "

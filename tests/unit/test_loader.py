@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from adapters.metrics import RunStats
+from application.backfill import QUIET_AFTER_RECONNECT
 from application.config import LoaderConfig
 from application.loader import TERMINAL_EVENT_SECONDS, Outcome, TradeLoader
 from application.ports import DroppedRange, LastPublished
@@ -95,6 +96,14 @@ async def wait_until_streaming(world: World) -> None:
     timers = 2 + (world.config.stop_after_seconds is not None)
     await world.clock.wait_for_sleepers(timers)
     assert world.feed.opened
+
+
+async def past_the_quiet_check(world: World) -> None:
+    """Once the pump waits to look at a symbol quiet since its reconnect, move the clock past
+    that moment."""
+    timers = 2 + (world.config.stop_after_seconds is not None)
+    await world.clock.wait_for_sleepers(timers + 1)
+    await world.clock.advance(QUIET_AFTER_RECONNECT)
 
 
 async def run_clock_until_done(
@@ -280,6 +289,91 @@ async def test_duplicates_are_dropped_and_order_kept(world: World) -> None:
     assert world.stats.duplicates["BTCUSDT"] == 3
 
 
+def published(world: World, symbol: str) -> list[int]:
+    return [t.trade_id for t in world.publisher.published if t.symbol == symbol]
+
+
+async def test_a_gap_holds_only_its_symbol_while_history_is_fetched(world: World) -> None:
+    """The pump never waits for history: other symbols flow on, and the held symbol's live
+    trades follow its gap, in order, once history answers."""
+    world.exchange.record(*make_trades(1, 20))
+    world.exchange.hold = asyncio.Event()
+    _sut, run = await world.streaming(
+        symbols=("BTCUSDT", "ETHUSDT"),
+        stop_after_records=30,
+        telemetry_interval=1000,
+        silence_timeout=1000,
+    )
+    world.feed.push(*make_trades(1, 3), *make_trades(9, 12))
+    await world.exchange.wait_for_requests(1)
+    world.feed.push(*make_trades(1, 10, symbol="ETHUSDT"), *make_trades(13, 15))
+    await world.publisher.wait_for_count(13)
+    assert published(world, "ETHUSDT") == list(range(1, 11))
+    assert published(world, "BTCUSDT") == [1, 2, 3]
+    assert (world.stats.held_symbols, world.stats.held_trades) == (1, 7)
+    world.exchange.hold.set()
+    world.feed.push(*make_trades(16, 20))
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.FINISHED
+    assert published(world, "BTCUSDT") == list(range(1, 21))
+    assert (world.stats.held_symbols, world.stats.held_trades) == (0, 0)
+
+
+async def test_gaps_are_served_oldest_first(world: World) -> None:
+    world.exchange.record(*make_trades(1, 10), *make_trades(1, 10, symbol="ETHUSDT"))
+    world.exchange.hold = asyncio.Event()
+    _sut, run = await world.streaming(
+        symbols=("BTCUSDT", "ETHUSDT"),
+        stop_after_records=20,
+        telemetry_interval=1000,
+        silence_timeout=1000,
+    )
+    eth = make_trades(1, 10, symbol="ETHUSDT")
+    btc = make_trades(1, 10)
+    world.feed.push(eth[0], btc[0], btc[-1])
+    await world.exchange.wait_for_requests(1)
+    world.feed.push(eth[-1])
+    world.exchange.hold.set()
+    await asyncio.wait_for(run, 5)
+    assert [r[0] for r in world.exchange.history_requests] == ["BTCUSDT", "ETHUSDT"]
+
+
+async def test_past_the_hold_bound_only_ids_are_kept_and_history_brings_the_trades(
+    world: World,
+) -> None:
+    world.exchange.record(*make_trades(1, 30))
+    world.exchange.hold = asyncio.Event()
+    _sut, run = await world.streaming(
+        stop_after_records=30, backfill_hold_trades=2, telemetry_interval=1000, silence_timeout=1000
+    )
+    world.feed.push(*make_trades(1, 3), *make_trades(9, 10))
+    await world.exchange.wait_for_requests(1)
+    world.feed.push(*make_trades(11, 25))
+    await world.feed.drained()
+    assert world.stats.held_trades == 2
+    world.exchange.hold.set()
+    world.feed.push(*make_trades(26, 30))
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.FINISHED
+    assert world.published_ids == list(range(1, 31))
+    assert world.stats.unrecoverable_trades["BTCUSDT"] == 0
+    # What was not held came from history: one request for the gap, one for the ids kept.
+    assert [r[:2] for r in world.exchange.history_requests] == [("BTCUSDT", 4), ("BTCUSDT", 11)]
+
+
+async def test_a_stop_publishes_the_trades_held_behind_a_gap(world: World) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    world.exchange.hold = asyncio.Event()
+    sut, run = await world.streaming(telemetry_interval=1000, silence_timeout=1000)
+    world.feed.push(*make_trades(1, 3), *make_trades(9, 15))
+    await world.exchange.wait_for_requests(1)
+    sut.request_stop("SIGTERM received")
+    world.exchange.hold.set()
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.INTERRUPTED
+    assert world.published_ids == list(range(1, 16))
+
+
 async def test_a_jump_in_trade_ids_is_filled_from_history_in_order(world: World) -> None:
     world.exchange.record(*make_trades(1, 20))
     sut = world.loader(stop_after_records=12)
@@ -291,7 +385,9 @@ async def test_a_jump_in_trade_ids_is_filled_from_history_in_order(world: World)
     assert world.publisher.published[4] == make_trades(1, 20)[4]
 
 
-async def test_a_reconnect_catches_up_from_history_before_live_trades(world: World) -> None:
+async def test_the_trade_after_a_reconnect_reveals_what_was_missed_and_it_is_filled_first(
+    world: World,
+) -> None:
     world.exchange.record(*make_trades(1, 30))
     sut = world.loader(stop_after_records=30)
     world.feed.push(*make_trades(1, 10))
@@ -299,7 +395,62 @@ async def test_a_reconnect_catches_up_from_history_before_live_trades(world: Wor
     world.feed.push(*make_trades(25, 30))
     await sut.run()
     assert world.published_ids == list(range(1, 31))
-    assert world.exchange.history_requests[0][:2] == ("BTCUSDT", 11)
+    assert [r[:2] for r in world.exchange.history_requests] == [("BTCUSDT", 11)]
+    assert world.exchange.latest_requests == []
+
+
+async def test_a_reconnect_that_missed_nothing_costs_no_history_request(world: World) -> None:
+    world.exchange.record(*make_trades(1, 20))
+    sut = world.loader(stop_after_records=20)
+    world.feed.push(*make_trades(1, 10))
+    world.feed.push_reconnected("dropped without a close frame")
+    world.feed.push(*make_trades(11, 20))
+    await sut.run()
+    assert world.published_ids == list(range(1, 21))
+    assert world.exchange.history_requests == []
+    assert world.exchange.latest_requests == []
+
+
+async def test_a_symbol_quiet_after_a_reconnect_is_probed_by_its_newest_trade_id(
+    world: World,
+) -> None:
+    """No live trade reveals the gap of a quiet symbol: its newest id does, cheaply, and
+    only then is its history fetched."""
+    world.exchange.record(*make_trades(1, 14))
+    world.exchange.record(*make_trades(1, 5, symbol="ETHUSDT"))
+    _sut, run = await world.streaming(
+        symbols=("ETHUSDT", "BTCUSDT"),
+        stop_after_records=19,
+        telemetry_interval=1000,
+        silence_timeout=1000,
+    )
+    world.feed.push(*make_trades(1, 10), *make_trades(1, 5, symbol="ETHUSDT"))
+    world.feed.push_reconnected("dropped without a close frame")
+    await past_the_quiet_check(world)
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.FINISHED
+    assert [t.trade_id for t in world.publisher.published if t.symbol == "BTCUSDT"] == list(
+        range(1, 15)
+    )
+    assert world.exchange.latest_requests == ["ETHUSDT", "BTCUSDT"]
+    assert [r[:2] for r in world.exchange.history_requests] == [("BTCUSDT", 11)]
+
+
+async def test_a_failed_probe_of_a_quiet_symbol_is_logged_and_the_run_goes_on(
+    world: World,
+) -> None:
+    world.exchange.refuse_history = "aggTrades answered HTTP 403"
+    _sut, run = await world.streaming(
+        stop_after_records=12, telemetry_interval=1000, silence_timeout=1000
+    )
+    world.feed.push(*make_trades(1, 10))
+    world.feed.push_reconnected("dropped without a close frame")
+    await past_the_quiet_check(world)
+    world.feed.push(*make_trades(11, 12))
+    outcome = await asyncio.wait_for(run, 5)
+    assert outcome.status is Status.FINISHED
+    assert world.exchange.latest_requests == ["BTCUSDT"]
+    assert world.published_ids == list(range(1, 13))
 
 
 async def test_an_unfillable_gap_is_reported_and_the_run_goes_on(world: World) -> None:
@@ -444,7 +595,7 @@ async def test_a_stop_whose_drain_bound_runs_out_ends_in_error_saying_what_was_l
     assert outcome.status is Status.ERROR
     assert outcome.exit_code == 1
     assert "DRAIN_TIMEOUT_SEC=5" in outcome.message
-    assert "3 frames not yet processed" in outcome.message
+    assert "3 held behind gaps being filled and 0 frames not yet processed" in outcome.message
     assert world.events.statuses[-1] == "error"
     assert_contract_sequence(world, outcome)
 
@@ -627,6 +778,7 @@ async def test_a_stop_during_recovery_ends_it_unless_the_trades_were_received(
     world.feed.push(*make_trades(1, 10))
     if lost == "reconnected":
         world.feed.push_reconnected("dropped without a close frame")
+        await past_the_quiet_check(world)
     else:
         newest = make_trades(150, 150, timestamp=now_ms - 60_000)[0]
         world.feed.push_dropped(DroppedRange("BTCUSDT", 11, 150, newest.timestamp))
@@ -663,6 +815,7 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
     sut, run = await world.streaming(telemetry_interval=1000, silence_timeout=1000)
     world.feed.push(*make_trades(1, 5, timestamp=now_ms - 60_000))
     world.feed.push_reconnected("dropped without a close frame")
+    await past_the_quiet_check(world)
     await world.exchange.wait_for_requests(1)
     sut.request_stop("SIGTERM received")
     world.exchange.hold.set()
@@ -673,12 +826,15 @@ async def test_history_answered_after_a_stop_brings_no_trade_made_after_it(world
 async def test_dropped_trades_that_cannot_be_had_are_reported_and_never_fetched_again(
     world: World,
 ) -> None:
-    world.exchange.record(*make_trades(1, 400))
-    sut = world.loader(stop_after_records=12, backfill_max_trades=50)
+    world.exchange.record(*make_trades(1, 320))
+    _sut, run = await world.streaming(
+        stop_after_records=12, backfill_max_trades=50, telemetry_interval=1000, silence_timeout=1000
+    )
     world.feed.push(*make_trades(1, 10))
     world.feed.push_dropped(DroppedRange("BTCUSDT", 11, 300, make_trades(300, 300)[0].timestamp))
     world.feed.push_reconnected("dropped without a close frame")
-    await sut.run()
+    await past_the_quiet_check(world)
+    await asyncio.wait_for(run, 5)
     # The range is reported whole; the catch-up after the reconnect starts after it.
     assert world.stats.unrecoverable_trades["BTCUSDT"] == 290
     assert world.published_ids == [*range(1, 11), 301, 302]

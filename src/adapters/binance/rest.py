@@ -18,6 +18,8 @@ from domain.trade import Trade
 
 INVALID_SYMBOL = -1121
 HISTORY_WEIGHT = 25
+AGG_TRADES_WEIGHT = 4
+"""Of ``GET /api/v3/aggTrades`` since 2025-03-10."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +166,23 @@ class BinanceRestClient(SymbolDirectory, TradeHistory):
         return await self._history(params, symbol)
 
     async def latest_trade_id(self, symbol: str) -> int | None:
-        trades = await self._history({"symbol": symbol, "limit": "1"}, symbol)
-        return trades[-1].trade_id if trades else None
+        """From the newest aggregate trade (``l`` is its last trade id): weight 4, where
+        ``historicalTrades`` costs 25."""
+        try:
+            reply = await self._get_with_retry(
+                "/api/v3/aggTrades", {"symbol": symbol, "limit": "1"}, weight=AGG_TRADES_WEIGHT
+            )
+        except ExchangeUnavailableError as error:
+            raise HistoryError(str(error)) from None
+        if reply.status != 200 or not isinstance(reply.body, list):
+            raise HistoryError(f"aggTrades answered HTTP {reply.status}: {_snippet(reply.body)}")
+        if not reply.body:
+            return None
+        newest = reply.body[-1]
+        last = newest.get("l") if isinstance(newest, dict) else None
+        if type(last) is not int or last < 0:
+            raise HistoryError(f"aggTrades returned a malformed aggregate: {_snippet(newest)}")
+        return last
 
     async def _history(self, params: dict[str, str], symbol: str) -> list[Trade]:
         try:
