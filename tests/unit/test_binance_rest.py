@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import orjson
+import pytest
 
 from adapters.binance.rest import BinanceRestClient, RestReply, RestTransport
 from application.ports import HistoryError
@@ -100,3 +101,29 @@ async def test_the_weight_used_is_the_exchanges_count_until_the_minute_turns() -
     assert sut.weight_budget == settings().rest_weight_budget
     await clock.advance(20)
     assert sut.used_weight() == 0
+
+
+async def test_the_newest_trade_id_is_the_last_id_of_the_newest_aggregate_at_weight_4() -> None:
+    clock = ManualClock()
+    body = orjson.dumps([{"a": 10, "p": "1.0", "q": "2.0", "f": 40, "l": 42, "T": 1, "m": True}])
+    transport = ScriptedTransport(RestReply(200, body))
+    sut = client(transport, clock)
+    assert await sut.latest_trade_id("BTCUSDT") == 42
+    assert transport.requests[0][1] == "https://api.test/api/v3/aggTrades"
+    # Counted by the client until the exchange's own count comes (none here).
+    assert sut.used_weight() == 4
+
+
+async def test_a_symbol_without_aggregates_has_no_newest_trade_id() -> None:
+    sut = client(ScriptedTransport(RestReply(200, b"[]")), ManualClock())
+    assert await sut.latest_trade_id("BTCUSDT") is None
+
+
+@pytest.mark.parametrize(
+    "body", [b'[{"a": 1}]', b'[{"l": -1}]', b'[{"l": "42"}]', b'{"code": -1100}'], ids=str
+)
+async def test_a_malformed_aggregate_is_a_history_error_not_a_guess(body: bytes) -> None:
+    status = 400 if body.startswith(b"{") else 200
+    sut = client(ScriptedTransport(RestReply(status, body)), ManualClock())
+    with pytest.raises(HistoryError):
+        await sut.latest_trade_id("BTCUSDT")
