@@ -16,6 +16,7 @@ from typing import Protocol
 
 from loguru import logger
 
+from application.clocked import within
 from application.config import LoaderConfig
 from application.ports import (
     Clock,
@@ -71,21 +72,6 @@ class _Held:
 
     item: Received
     found: str
-
-
-def ahead(items: Iterable[object], gap: Gap) -> dict[int, Received]:
-    """The trades of ``gap`` among ``items`` (received later), by id."""
-    found: dict[int, Received] = {}
-    for item in items:
-        if isinstance(item, _Held):
-            item = item.item
-        if (
-            isinstance(item, Received)
-            and item.trade.symbol == gap.symbol
-            and gap.first_id <= item.trade.trade_id <= gap.last_id
-        ):
-            found.setdefault(item.trade.trade_id, item)
-    return found
 
 
 class Backfill:
@@ -203,34 +189,28 @@ class Backfill:
     async def work(self) -> None:
         """Serve the held symbols, oldest gap first, and look at quiet symbols when due; runs
         beside the pump while the run streams."""
-        while True:
-            if self._waiting:
-                await self._serve(self._waiting.popleft())
-                continue
-            due = min(self._unchecked.values(), default=None)
-            now = self._clock.monotonic()
-            if due is not None and due <= now:
-                await self._probe(min(self._unchecked, key=self._unchecked.__getitem__))
-                continue
-            self._wake.clear()
-            await self._woken(None if due is None else due - now)
+        try:
+            while True:
+                if self._waiting:
+                    await self._serve(self._waiting.popleft())
+                    continue
+                quiet = min(self._unchecked, key=self._unchecked.__getitem__, default=None)
+                now = self._clock.monotonic()
+                if quiet is not None and self._unchecked[quiet] <= now:
+                    await self._probe(quiet)
+                    continue
+                self._wake.clear()
+                if quiet is None:
+                    await self._wake.wait()
+                else:
+                    await within(self._clock, self._wake.wait(), self._unchecked[quiet] - now)
+        finally:
+            # A worker that ended owes nothing more: whoever waits for it goes on.
+            self._settled.set()
 
     async def settled(self) -> None:
         """Until no symbol is held: trades received are owed even at a stop."""
         await self._settled.wait()
-
-    async def _woken(self, timeout: float | None) -> None:
-        if timeout is None:
-            await self._wake.wait()
-            return
-        wake = asyncio.ensure_future(self._wake.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait({wake, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (wake, timer):
-                task.cancel()
-            await asyncio.gather(wake, timer, return_exceptions=True)
 
     async def _serve(self, symbol: str) -> None:
         """Fill ``symbol``'s gap, then hand on, in order, what waited behind it."""
@@ -259,15 +239,28 @@ class Backfill:
         gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
         if gap is not None:
             # Connections overlapping interleave: the missing trades may be right behind.
-            found = ahead(queue, gap)
-            next_id = gap.first_id
-            while next_id in found and not self._run.over_limit():
-                await self._run.hand(found[next_id].trade, found[next_id].received_at)
-                next_id += 1
-            if next_id <= gap.last_id:
-                await self.fill(Gap(gap.symbol, next_id, gap.last_id), trade.timestamp, held.found)
+            rest = await self.hand_ahead((e.item for e in queue if isinstance(e, _Held)), gap)
+            if rest is not None:
+                await self.fill(rest, trade.timestamp, held.found)
         if not self._run.over_limit():
             await self._run.hand(trade, held.item.received_at)
+
+    async def hand_ahead(self, items: Iterable[object], gap: Gap) -> Gap | None:
+        """Hand the trades of ``gap`` found among ``items`` (received after the trade that
+        revealed it), in order; what is still missing, if anything."""
+        found: dict[int, Received] = {}
+        for item in items:
+            if (
+                isinstance(item, Received)
+                and item.trade.symbol == gap.symbol
+                and gap.first_id <= item.trade.trade_id <= gap.last_id
+            ):
+                found.setdefault(item.trade.trade_id, item)
+        next_id = gap.first_id
+        while next_id in found and not self._run.over_limit():
+            await self._run.hand(found[next_id].trade, found[next_id].received_at)
+            next_id += 1
+        return Gap(gap.symbol, next_id, gap.last_id) if next_id <= gap.last_id else None
 
     async def fill(
         self, gap: Gap, newest_time: int | None, found: str = LIVE_GAP, *, received: bool = True

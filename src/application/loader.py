@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from application.backfill import LIVE_GAP, RECONNECT_GAP, Backfill, ahead
+from application.backfill import LIVE_GAP, RECONNECT_GAP, Backfill
+from application.clocked import within
 from application.config import LoaderConfig
 from application.ports import (
     Clock,
@@ -260,13 +261,7 @@ class TradeLoader:
 
     async def _within(self, task: asyncio.Task[None], seconds: float) -> bool:
         """Wait up to ``seconds`` of the clock for ``task``; whether it finished."""
-        timer = asyncio.ensure_future(self._clock.sleep(seconds))
-        try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            await asyncio.gather(timer, return_exceptions=True)
-        return task.done()
+        return await within(self._clock, task, seconds)
 
     def _end_from(self, pump: asyncio.Task[None]) -> None:
         if pump.cancelled():
@@ -296,12 +291,7 @@ class TradeLoader:
         try:
             if await self._read_feed():
                 # Trades held behind a gap were received: they are owed even at a stop.
-                settled = asyncio.create_task(self._backfill.settled())
-                try:
-                    await asyncio.wait({settled, worker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    settled.cancel()
-                    await asyncio.gather(settled, return_exceptions=True)
+                await self._backfill.settled()
         finally:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
@@ -352,14 +342,7 @@ class TradeLoader:
         (which may refuse, or lag).
         """
         gap = self._sequencer.gap_before(trade.symbol, trade.trade_id)
-        if gap is None:
-            return True
-        found = ahead(batch[index + 1 :], gap)
-        next_id = gap.first_id
-        while next_id in found and not self.over_limit():
-            await self.hand(found[next_id].trade, found[next_id].received_at)
-            next_id += 1
-        return next_id > gap.last_id
+        return gap is None or await self._backfill.hand_ahead(batch[index + 1 :], gap) is None
 
     async def hand(self, trade: Trade, received_at: float) -> None:
         """Publish ``trade``, the next of its symbol, unless the bound on records is reached

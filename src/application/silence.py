@@ -92,7 +92,11 @@ class SilenceWatch:
             # socket, unseen. Looked at again after another timeout.
             return False
         last = max(
-            (i for i in (self._sequencer.last(symbol), self.newest_received.get(symbol)) if i),
+            (
+                i
+                for i in (self._sequencer.last(symbol), self.newest_received.get(symbol))
+                if i is not None
+            ),
             default=None,
         )
         if last is not None:

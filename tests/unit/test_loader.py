@@ -385,29 +385,22 @@ async def test_a_jump_in_trade_ids_is_filled_from_history_in_order(world: World)
     assert world.publisher.published[4] == make_trades(1, 20)[4]
 
 
-async def test_the_trade_after_a_reconnect_reveals_what_was_missed_and_it_is_filled_first(
-    world: World,
+@pytest.mark.parametrize(
+    ("next_live", "requests"),
+    [(25, [("BTCUSDT", 11)]), (11, [])],
+    ids=["missed-some", "missed-none"],
+)
+async def test_the_trade_after_a_reconnect_reveals_what_was_missed_and_only_that_is_fetched(
+    world: World, next_live: int, requests: list[tuple[str, int]]
 ) -> None:
     world.exchange.record(*make_trades(1, 30))
     sut = world.loader(stop_after_records=30)
     world.feed.push(*make_trades(1, 10))
     world.feed.push_reconnected("dropped without a close frame")
-    world.feed.push(*make_trades(25, 30))
+    world.feed.push(*make_trades(next_live, 30))
     await sut.run()
     assert world.published_ids == list(range(1, 31))
-    assert [r[:2] for r in world.exchange.history_requests] == [("BTCUSDT", 11)]
-    assert world.exchange.latest_requests == []
-
-
-async def test_a_reconnect_that_missed_nothing_costs_no_history_request(world: World) -> None:
-    world.exchange.record(*make_trades(1, 20))
-    sut = world.loader(stop_after_records=20)
-    world.feed.push(*make_trades(1, 10))
-    world.feed.push_reconnected("dropped without a close frame")
-    world.feed.push(*make_trades(11, 20))
-    await sut.run()
-    assert world.published_ids == list(range(1, 21))
-    assert world.exchange.history_requests == []
+    assert [r[:2] for r in world.exchange.history_requests] == requests
     assert world.exchange.latest_requests == []
 
 
