@@ -25,7 +25,8 @@ HISTORY_REASONS = ("history does not reach them", "missing from history too")
 GIVE_UP_PATIENCE = 5.0
 """A trade missing from history this long after a gap was declared was given up too early."""
 NOT_WRITTEN = re.compile(r"(\w+) trades (\d+)\.\.(\d+)")
-REFUSED_LOGGED = re.compile(r"(\w+) trades (\d+)\.\.(\d+) \(\d+\) were not written")
+REFUSED_LOGGED = re.compile(r"Kafka refused trades: .*?; (.*) were not written")
+"""The log line naming the batches the broker refused: every ``NOT_WRITTEN`` in the list."""
 SILENT = re.compile(r"No (\w+) trade received for")
 
 TERMINAL_EVENT_BOUND = 3.0 + 1.0
@@ -160,7 +161,8 @@ def _named_gaps(world: WorldResult) -> dict[str, list[tuple[int, int, int]]]:
     # With the broker away the last event may never arrive: the log names them too.
     for line in world.logs:
         if line.level == "ERROR" and line.run is not None:
-            for match in REFUSED_LOGGED.finditer(line.message):
+            listed = REFUSED_LOGGED.search(line.message)
+            for match in NOT_WRITTEN.finditer(listed.group(1) if listed else ""):
                 named[match.group(1)].append((int(match.group(2)), int(match.group(3)), line.run))
     return named
 
