@@ -272,11 +272,12 @@ class Simulator:
         """Abruptly close every open WebSocket connection (no close frame)."""
         self._request("POST", "/admin/drop")
 
-    def drop_carrying(self, symbol: str) -> int:
+    def drop_carrying(self, symbol: str, limit: int | None = None) -> int:
         """Abruptly close the connections whose URL named `symbol`'s trade stream (one shard of
-        a client); how many were closed."""
+        a client), only the oldest `limit` of them when given; how many were closed."""
         stream = urllib.parse.quote(f"{symbol.lower()}@trade")
-        result: dict[str, Any] = self._request("POST", f"/admin/drop?stream={stream}")
+        query = f"stream={stream}" + ("" if limit is None else f"&limit={limit}")
+        result: dict[str, Any] = self._request("POST", f"/admin/drop?{query}")
         return int(result["connections"])
 
     def shutdown_all(self) -> None:

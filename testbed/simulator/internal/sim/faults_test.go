@@ -635,3 +635,33 @@ func TestFaultsAPI(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminDropWithLimitClosesTheOldestOnly(t *testing.T) {
+	s := startSim(t, nil)
+	first := s.dial("/stream?streams=btcusdt@trade")
+	mustRead(t, first)
+	second := s.dial("/stream?streams=btcusdt@trade")
+	mustRead(t, second)
+	b := s.post("/admin/drop?stream=btcusdt@trade&limit=1", "")
+	if !strings.Contains(string(b), `"connections":1`) {
+		t.Fatalf("drop with limit=1 answered %s", b)
+	}
+	for {
+		_, err := readMsg(t, first, 5*time.Second)
+		if err != nil {
+			if closeCode(err) != websocket.CloseAbnormalClosure {
+				t.Fatalf("drop: %v", err)
+			}
+			break
+		}
+	}
+	// The younger connection carries on.
+	for i := 0; i < 3; i++ {
+		if _, err := readMsg(t, second, 5*time.Second); err != nil {
+			t.Fatalf("the connection not dropped ended: %v", err)
+		}
+	}
+	if open := s.state().Connections.Open; open != 1 {
+		t.Fatalf("open connections after the drop: %d, want 1", open)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -604,6 +605,18 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			conns = kept
+		}
+		if limit := r.URL.Query().Get("limit"); limit != "" {
+			// The oldest `limit` of them: one of two redundant connections, say.
+			n, err := strconv.Atoi(limit)
+			if err != nil || n < 0 {
+				writeJSON(w, http.StatusBadRequest, map[string]any{"error": "limit must be a whole number"})
+				return
+			}
+			sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
+			if n < len(conns) {
+				conns = conns[:n]
+			}
 		}
 		s.log.Info("admin", "action", "drop", "connections", len(conns))
 		for _, c := range conns {
