@@ -85,6 +85,7 @@ class RunStats(LoaderMetrics):
         self.held_symbols = 0
         self.held_trades = 0
         self.overflow_frames = 0
+        self.redundant_frames = 0
 
     # LoaderMetrics
 
@@ -192,6 +193,12 @@ class RunStatsCollector(Collector):
             "Frames read and dropped because the receive buffer stayed full longer than reading "
             "may pause; their trades are recovered from history",
             value=stats.overflow_frames,
+        )
+        yield CounterMetricFamily(
+            "loader_frames_redundant",
+            "Trades received again on a shard's second connection (WS_REDUNDANT_CONNECTIONS) "
+            "and dropped, most before decoding",
+            value=stats.redundant_frames,
         )
         state = GaugeMetricFamily("loader_state", "Current state of the run", labels=["state"])
         for status in Status:

@@ -27,7 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.binance.feed import FeedTuning
-from adapters.binance.rest import RestTuning
+from adapters.binance.rest import HISTORY_WEIGHT, RestTuning
 from adapters.kafka.connection import KafkaConnection
 from adapters.kafka.producer import ProducerTuning
 from application.config import LoaderConfig
@@ -244,6 +244,9 @@ class Settings(KafkaSettings):
     ws_streams_per_connection: int = Field(
         200, ge=1, le=1024, validation_alias="WS_STREAMS_PER_CONNECTION"
     )
+    ws_redundant_connections: Literal["auto", "on", "off"] = Field(
+        "auto", validation_alias="WS_REDUNDANT_CONNECTIONS"
+    )
     ws_open_timeout_sec: Seconds = Field(10.0, validation_alias="WS_OPEN_TIMEOUT_SEC")
     ws_rotate_after_sec: Seconds = Field(23 * 3600.0, validation_alias="WS_ROTATE_AFTER_SEC")
     reconnect_initial_delay_sec: Seconds = Field(
@@ -367,7 +370,16 @@ class Settings(KafkaSettings):
             unavailable_timeout=self.exchange_unavailable_timeout_sec,
             rotate_after=self.ws_rotate_after_sec,
             streams_per_connection=self.ws_streams_per_connection,
+            redundant=self.redundant_connections(),
         )
+
+    def redundant_connections(self) -> bool:
+        """Whether each shard keeps two connections: with ``auto``, when more symbols are
+        loaded than the REST budget can fetch history for in a minute, since one drop of a
+        single connection would leave nearly every one of them with a gap."""
+        if self.ws_redundant_connections == "auto":
+            return len(self.symbols) > self.rest_weight_budget // HISTORY_WEIGHT
+        return self.ws_redundant_connections == "on"
 
     def rest_tuning(self) -> RestTuning:
         return RestTuning(

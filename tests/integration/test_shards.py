@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -47,23 +47,27 @@ def ids_by_symbol(records: list) -> dict[str, list[int]]:  # type: ignore[type-a
 
 
 @pytest.mark.parametrize(
-    ("per_connection", "sizes"),
-    [(None, [183] * 4 + [184] * 2), ("1024", [550, 550])],
-    ids=["default-200", "binance-limit-1024"],
+    ("extra", "sizes", "legs"),
+    [
+        # Redundant by default at this size: two connections per shard.
+        ({}, [183] * 8 + [184] * 4, 2),
+        ({"WS_STREAMS_PER_CONNECTION": "1024", "WS_REDUNDANT_CONNECTIONS": "off"}, [550, 550], 1),
+    ],
+    ids=["default-200-redundant", "binance-limit-1024-single"],
 )
 async def test_over_1024_symbols_stream_complete_on_connections_within_binance_limits(
     broker: BrokerEnv,
     simulator: Callable[..., Simulator],
     loader: Callable[[dict[str, str]], LoaderProcess],
-    per_connection: str | None,
+    extra: dict[str, str],
     sizes: list[int],
+    legs: int,
 ) -> None:
     names = symbols(1100)
     topics = TopicSet.fresh("shards")
     await create_topics(broker.plaintext, topics.data, partitions=6)
     await create_topics(broker.plaintext, topics.events, topics.control)
     sim = simulator(*markets(names, "--rate", "5", "--count", str(PER_SYMBOL)))
-    extra = {} if per_connection is None else {"WS_STREAMS_PER_CONNECTION": per_connection}
     env = loader_env(
         broker,
         topics,
@@ -82,40 +86,69 @@ async def test_over_1024_symbols_stream_complete_on_connections_within_binance_l
     opened = sim.log_events("conn_open")
     assert sorted(len(event["streams"]) for event in opened) == sorted(sizes)
     carried = sorted(s.removesuffix("@trade").upper() for e in opened for s in e["streams"])
-    assert carried == sorted(names)
+    assert carried == sorted(names * legs)
     within_binance_limits(sim)
 
 
-async def test_a_drop_of_one_shard_touches_only_its_symbols(
+FOUR = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"]
+COUNT = 3000
+
+
+Start = Callable[..., Awaitable[tuple[Simulator, LoaderProcess]]]
+
+
+@pytest.fixture
+def four_symbols_on_two_shards(
     broker: BrokerEnv,
     topics: TopicSet,
     simulator: Callable[..., Simulator],
     loader: Callable[[dict[str, str]], LoaderProcess],
-) -> None:
-    names = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"]
-    count = 3000
-    sim = simulator(*markets(names, "--rate", "300", "--count", str(count)))
-    env = loader_env(
-        broker,
-        topics,
-        sim,
-        symbols=",".join(names),
-        WS_STREAMS_PER_CONNECTION="2",
-        STOP_AFTER_RECORDS=str(len(names) * count),
-    )
-    process = await loader(env).start()
-    sim.wait_produced("AAAUSDT", 600, timeout=60)
-    assert sim.drop_carrying("AAAUSDT") == 1
-    assert await process.wait(120) == 0, process.output()[-3000:]
+) -> Start:
+    """Starts ``FOUR`` symbols at 300 trades a second each, two a shard, ``COUNT`` trades
+    each, with the loader's ``variables``; returns once the first one's market has produced a
+    fifth of them."""
 
+    async def start(**variables: str) -> tuple[Simulator, LoaderProcess]:
+        sim = simulator(*markets(FOUR, "--rate", "300", "--count", str(COUNT)))
+        env = loader_env(
+            broker,
+            topics,
+            sim,
+            symbols=",".join(FOUR),
+            WS_STREAMS_PER_CONNECTION="2",
+            STOP_AFTER_RECORDS=str(len(FOUR) * COUNT),
+            **variables,
+        )
+        process = await loader(env).start()
+        sim.wait_produced(FOUR[0], COUNT // 5, timeout=60)
+        return sim, process
+
+    return start
+
+
+async def complete(broker: BrokerEnv, topics: TopicSet, process: LoaderProcess) -> None:
+    assert await process.wait(120) == 0, process.output()[-3000:]
     ids = ids_by_symbol(await read_all(broker.plaintext, topics.data))
-    for name in names:
-        assert ids[name] == list(range(1, count + 1)), name
+    for name in FOUR:
+        assert ids[name] == list(range(1, COUNT + 1)), name
+
+
+def dropped_connections(sim: Simulator) -> list[list[str]]:
     opened = {e["conn"]: e["streams"] for e in sim.log_events("conn_open")}
-    dropped = [e["conn"] for e in sim.log_events("conn_close") if e["reason"] == "drop"]
-    assert [opened[conn] for conn in dropped] == [["aaausdt@trade", "bbbusdt@trade"]]
+    return [opened[e["conn"]] for e in sim.log_events("conn_close") if e["reason"] == "drop"]
+
+
+async def test_a_drop_of_one_shard_touches_only_its_symbols(
+    broker: BrokerEnv, topics: TopicSet, four_symbols_on_two_shards: Start
+) -> None:
+    sim, process = await four_symbols_on_two_shards()
+    assert sim.drop_carrying("AAAUSDT") == 1
+    await complete(broker, topics, process)
+
+    assert dropped_connections(sim) == [["aaausdt@trade", "bbbusdt@trade"]]
     # The other shard's connection stayed open throughout: opened once, never replaced.
-    assert list(opened.values()).count(["cccusdt@trade", "dddusdt@trade"]) == 1
+    opened = [e["streams"] for e in sim.log_events("conn_open")]
+    assert opened.count(["cccusdt@trade", "dddusdt@trade"]) == 1
     # Only the dropped shard's symbols can have missed trades (each gap found by the
     # symbol's next live trade) and been fetched from history.
     touched = {
@@ -124,4 +157,28 @@ async def test_a_drop_of_one_shard_touches_only_its_symbols(
         if (match := re.match(r"(?:Gap in|Backfilled \d+) (\w+)", line["message"]))
     }
     assert touched <= {"AAAUSDT", "BBBUSDT"}
+    within_binance_limits(sim)
+
+
+async def test_with_redundant_connections_a_drop_of_one_costs_no_rest_call_and_loses_nothing(
+    broker: BrokerEnv, topics: TopicSet, four_symbols_on_two_shards: Start
+) -> None:
+    sim, process = await four_symbols_on_two_shards(WS_REDUNDANT_CONNECTIONS="on")
+    assert sim.drop_carrying("AAAUSDT", limit=1) == 1
+    sim.wait_produced("AAAUSDT", COUNT // 2, timeout=60)
+    assert sim.drop_carrying("CCCUSDT", limit=1) == 1
+    await complete(broker, topics, process)
+
+    # Two connections per shard, and one replacement for each connection dropped.
+    opened = sorted(tuple(e["streams"]) for e in sim.log_events("conn_open"))
+    assert opened == sorted(
+        [("aaausdt@trade", "bbbusdt@trade")] * 3 + [("cccusdt@trade", "dddusdt@trade")] * 3
+    )
+    assert len(dropped_connections(sim)) == 2
+    # The other connection carried every trade meanwhile: no gap, no history, no probe.
+    messages = [line["message"] for line in json_lines(process.output())]
+    assert not [m for m in messages if m.startswith("Gap in")]
+    rest = sim.state()["rest"]
+    assert rest["historical_requests"] == 0
+    assert rest["agg_requests"] == 0
     within_binance_limits(sim)

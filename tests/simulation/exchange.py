@@ -311,8 +311,9 @@ class SimExchange:
         if connection in self.connections:
             self.connections.remove(connection)
 
-    def drop_all(self, *, clean: bool, symbol: str | None = None) -> None:
-        """Every connection ends (only the one carrying ``symbol``, when given)."""
+    def drop_all(self, *, clean: bool, symbol: str | None = None, one: bool = False) -> None:
+        """Every connection ends (only those carrying ``symbol``, when given; only the oldest
+        of them with ``one``)."""
         for connection in list(self.connections):
             if symbol is not None and symbol not in connection.symbols:
                 continue
@@ -320,6 +321,8 @@ class SimExchange:
                 connection.lose("closed by the exchange (1001)", drain=True)
             else:
                 connection.lose("dropped without a close frame", drain=False)
+            if one:
+                return
 
     def server_shutdown(self, grace: float) -> None:
         now_ms = int(self.clock.time() * 1000)

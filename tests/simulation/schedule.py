@@ -183,6 +183,7 @@ def generate(seed: int) -> Schedule:
         "attempts_limit": rng.choice((5, 50, 250)),
         "unavailable_timeout": rng.choice((5.0, 30.0, 300.0)),
         "streams_per_connection": rng.choice((1, 2, 200)),
+        "redundant": rng.random() < 0.4,
     }
     producer: dict[str, Any] = {
         "linger_ms": rng.choice((0, 5, 50)),
@@ -264,6 +265,8 @@ def _fault(
         params = {"clean": rng.random() < 0.3}
         if rng.random() < 0.4:
             params["symbol"] = symbol
+            # Only the oldest connection carrying it: one of two redundant ones, say.
+            params["one"] = rng.random() < 0.5
     elif kind == "shutdown":
         params = {"grace": rng.choice((0.5, 5.0))}
     elif kind == "refuse":

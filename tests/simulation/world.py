@@ -252,6 +252,7 @@ class _World:
             attempts_limit=setup.knob("feed", "attempts_limit"),
             unavailable_timeout=setup.knob("feed", "unavailable_timeout"),
             streams_per_connection=setup.knob("feed", "streams_per_connection", 200),
+            redundant=setup.knob("feed", "redundant", False),
         )
         producer_tuning = replace(DEFAULTS.producer_tuning(), **dict(setup.producer))
         rest_tuning = replace(DEFAULTS.rest_tuning(), **dict(setup.rest))
@@ -414,7 +415,11 @@ class _World:
         now = self.loop.time()
         kind = event.kind
         if kind == "drop":
-            exchange.drop_all(clean=event.get("clean", False), symbol=event.get("symbol"))
+            exchange.drop_all(
+                clean=event.get("clean", False),
+                symbol=event.get("symbol"),
+                one=event.get("one", False),
+            )
         elif kind == "shutdown":
             exchange.server_shutdown(event.get("grace", 1.0))
         elif kind == "refuse":

@@ -17,11 +17,37 @@ from adapters.binance.codec import (
     FrameDecoder,
     FrameIssue,
     parse_history_trade,
+    trade_key,
 )
 from domain.trade import Trade
 from testkit.recorded import CURRENT, LEGACY, frames
 
 sut = FrameDecoder(frozenset({"BTCUSDT", "ETHUSDT"}), max_bytes=64 * 1024)
+
+
+@pytest.mark.parametrize("path", [CURRENT, LEGACY], ids=["current", "legacy-b-a"])
+def test_the_key_of_every_recorded_frame_is_read_without_decoding(path: Path) -> None:
+    for frame in frames(path):
+        data = orjson.loads(frame)["data"]
+        for shape in (frame, orjson.dumps(data).decode()):
+            assert trade_key(shape) == (data["s"], data["t"])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"e":"trade","s":"BTCUSDT","t":5,"p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","t":-5,"p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","t":"5","p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","t":1_000,"p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","t":\u00b2,"p":"1"}',
+        '{"e":"trade","t":5,"p":"1"}',
+        '{"e":"trade","s":"BTCUSDT","t":5}',
+    ],
+)
+def test_a_frame_whose_key_cannot_be_read_cheaply_has_none(frame: str | bytes) -> None:
+    assert trade_key(frame) is None
 
 
 @pytest.mark.parametrize("path", [CURRENT, LEGACY], ids=["current", "legacy-b-a"])

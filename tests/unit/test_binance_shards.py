@@ -241,6 +241,9 @@ async def test_a_full_buffer_that_stays_full_reads_on_and_tells_what_it_dropped(
     await pipe.all_read.wait()
     assert pipe.read == 11
     assert stats.overflow_frames == 6
+    # Reading on while dropping counts as a pause: what it read is not seen yet.
+    before = SystemClock().monotonic()
+    assert sut.paused_until(SYMBOLS[0]) >= before
     # The notice read while dropping is still acted on: a new connection opens.
     await exchange.until(2)
     # The old connection is shut once the new one is open: its reader tells what it dropped.
@@ -257,4 +260,167 @@ async def test_a_full_buffer_that_stays_full_reads_on_and_tells_what_it_dropped(
             )
         )
     ]
+    await sut.close()
+
+
+# Redundant connections: two per shard.
+
+
+async def redundant(
+    exchange: Exchange, stats: RunStats, symbols: list[str] | None = None, **tuning: object
+) -> tuple[BinanceTradeFeed, Pipe, Pipe]:
+    sut = feed(exchange, symbols or SYMBOLS[:2], stats, redundant=True, **tuning)
+    await sut.open()
+    await exchange.until(2)
+    return sut, exchange.pipes[0], exchange.pipes[1]
+
+
+def ids(items: list[FeedItem]) -> list[tuple[str, int]]:
+    return [(i.trade.symbol, i.trade.trade_id) for i in items if isinstance(i, Received)]
+
+
+async def test_each_shard_keeps_two_connections_of_the_same_streams() -> None:
+    exchange = Exchange()
+    sut = feed(exchange, SYMBOLS[:6], RunStats(), streams_per_connection=2, redundant=True)
+    await sut.open()
+    await exchange.until(6)
+    assert sorted(tuple(pipe.symbols) for pipe in exchange.pipes) == sorted(
+        [tuple(SYMBOLS[i : i + 2]) for i in (0, 2, 4)] * 2
+    )
+    assert sut.connections() == 3
+    await sut.close()
+
+
+async def test_a_trade_received_on_both_connections_is_handed_on_once_in_order() -> None:
+    exchange = Exchange()
+    stats = RunStats()
+    sut, a, b = await redundant(exchange, stats)
+    for trade_id in range(1, 6):
+        a.send(trade_frame(trade_id, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    for trade_id in range(1, 6):
+        b.send(trade_frame(trade_id, symbol=SYMBOLS[0]))
+    await b.all_read.wait()
+    b.send(trade_frame(6, symbol=SYMBOLS[0]))
+    items = await take(sut, 6)
+    assert ids(items) == [(SYMBOLS[0], i) for i in range(1, 7)]
+    assert stats.redundant_frames == 5
+    assert stats.received[SYMBOLS[0]] == 6
+    await sut.close()
+
+
+async def test_a_trade_ahead_of_its_predecessor_waits_for_it_from_the_other_connection() -> None:
+    exchange = Exchange()
+    sut, a, b = await redundant(exchange, RunStats(), arbitration=30.0)
+    a.send(trade_frame(1, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    # b runs ahead: 3 (and 4) before a delivered 2.
+    b.send(trade_frame(3, symbol=SYMBOLS[0]), trade_frame(4, symbol=SYMBOLS[0]))
+    await b.all_read.wait()
+    a.send(trade_frame(2, symbol=SYMBOLS[0]), trade_frame(3, symbol=SYMBOLS[0]))
+    items = await take(sut, 4)
+    assert ids(items) == [(SYMBOLS[0], i) for i in (1, 2, 3, 4)]
+    assert sut.backlog() == 0
+    await sut.close()
+
+
+async def test_a_trade_whose_predecessor_comes_on_neither_connection_goes_on_after_a_moment() -> (
+    None
+):
+    exchange = Exchange()
+    sut, a, _ = await redundant(exchange, RunStats(), arbitration=0.05)
+    a.send(trade_frame(1, symbol=SYMBOLS[0]))
+    a.send(trade_frame(3, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    # No frame arrives after it: the feed wakes up on its own to hand it on, with its gap.
+    items = await asyncio.wait_for(take(sut, 2), 5)
+    assert ids(items) == [(SYMBOLS[0], 1), (SYMBOLS[0], 3)]
+    await sut.close()
+
+
+async def test_a_trade_still_waiting_at_the_end_is_handed_on() -> None:
+    exchange = Exchange()
+    sut, a, _ = await redundant(exchange, RunStats(), arbitration=30.0)
+    a.send(trade_frame(1, symbol=SYMBOLS[0]), trade_frame(3, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    items = await take(sut, 1)
+    assert sut.backlog() == 1
+    await sut.close()
+    items.extend(await sut.next_batch())
+    assert ids(items) == [(SYMBOLS[0], 1), (SYMBOLS[0], 3)]
+    assert await sut.next_batch() == []
+
+
+async def test_a_drop_the_other_connection_covered_is_not_a_reconnect() -> None:
+    exchange = Exchange()
+    stats = RunStats()
+    sut, a, b = await redundant(exchange, stats, cover_margin=0.0)
+    a.send(trade_frame(1, symbol=SYMBOLS[0]))
+    b.send(trade_frame(1, symbol=SYMBOLS[0]))
+    await b.all_read.wait()
+    a.drop()
+    await exchange.until(3)
+    # b reads on after the replacement opened: whatever a missed, b had.
+    b.send(trade_frame(2, symbol=SYMBOLS[0]))
+    await b.all_read.wait()
+    exchange.pipes[2].send(trade_frame(2, symbol=SYMBOLS[0]), trade_frame(3, symbol=SYMBOLS[0]))
+    items = await take(sut, 3)
+    assert ids(items) == [(SYMBOLS[0], i) for i in (1, 2, 3)]
+    # b's own loss, covered by a's replacement, tells nothing either.
+    b.drop()
+    await exchange.until(4)
+    exchange.pipes[2].send(trade_frame(4, symbol=SYMBOLS[0]))
+    items += await take(sut, 1)
+    assert ids(items)[-1] == (SYMBOLS[0], 4)
+    assert not [i for i in items if isinstance(i, Reconnected)]
+    assert stats.reconnects["dropped"] == 2
+    await sut.close()
+
+
+async def test_a_drop_of_both_connections_is_a_reconnect() -> None:
+    exchange = Exchange()
+    sut, a, b = await redundant(exchange, RunStats(), cover_margin=0.0)
+    a.send(trade_frame(1, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    b.drop()
+    a.drop()
+    await exchange.until(4)
+    items = await take(sut, 2)
+    assert [i for i in items if isinstance(i, Reconnected)] == [
+        Reconnected("dropped without a close frame", (SYMBOLS[0], SYMBOLS[1]))
+    ]
+    await sut.close()
+
+
+async def test_a_drop_before_the_other_connection_confirmed_cover_is_a_reconnect() -> None:
+    exchange = Exchange()
+    sut, a, b = await redundant(exchange, RunStats(), cover_margin=30.0)
+    a.drop()
+    await exchange.until(3)
+    # b ends before it read on long enough after a's replacement opened to show it covered.
+    b.drop()
+    await exchange.until(4)
+    items = await take(sut, 1)
+    assert [i for i in items if isinstance(i, Reconnected)][:1] == [
+        Reconnected("dropped without a close frame", (SYMBOLS[0], SYMBOLS[1]))
+    ]
+    await sut.close()
+
+
+async def test_a_shutdown_notice_on_both_connections_replaces_each_once() -> None:
+    exchange = Exchange()
+    sut, a, b = await redundant(exchange, RunStats())
+    notice = '{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}'
+    a.send(notice)
+    b.send(notice)
+    await a.all_read.wait()
+    await b.all_read.wait()
+    task = asyncio.ensure_future(sut.next_batch())
+    await exchange.until(4)
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert len(exchange.pipes) == 4
+    assert a.closed
+    assert b.closed
+    task.cancel()
     await sut.close()

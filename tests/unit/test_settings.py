@@ -59,6 +59,24 @@ def test_symbols_are_a_comma_separated_list_in_upper_case(env: pytest.MonkeyPatc
     assert load_settings().symbols == ("BTCUSDT", "ETHUSDT")
 
 
+@pytest.mark.parametrize(
+    ("count", "variables", "redundant"),
+    [
+        (192, {}, False),
+        (193, {}, True),
+        (41, {"REST_WEIGHT_BUDGET": "1000"}, True),
+        (1000, {"WS_REDUNDANT_CONNECTIONS": "off"}, False),
+        (1, {"WS_REDUNDANT_CONNECTIONS": "on"}, True),
+    ],
+)
+def test_redundant_connections_by_default_above_what_the_rest_budget_can_refill(
+    count: int, variables: dict[str, str], redundant: bool
+) -> None:
+    symbols = ",".join(f"S{n:04d}USDT" for n in range(count))
+    sut = settings(SYMBOL=symbols, **variables)
+    assert sut.feed_tuning().redundant is redundant
+
+
 def test_plural_type_is_the_same(env: pytest.MonkeyPatch) -> None:
     env.setenv("TYPE", "ws_trades")
     assert load_settings().type == "ws_trade"
@@ -215,7 +233,15 @@ def test_the_settings_in_effect_name_every_variable_and_mask_the_password(
         (ProducerTuning, set()),
         (
             FeedTuning,
-            {"batch_size", "attempts_window", "stable_after", "pause_limit", "rotation_stagger"}
+            {
+                "batch_size",
+                "attempts_window",
+                "stable_after",
+                "pause_limit",
+                "rotation_stagger",
+                "arbitration",
+                "cover_margin",
+            }
             | PING_AND_CLOSE,
         ),
         (RestTuning, {"request_timeout", "max_retry_wait"}),

@@ -60,6 +60,25 @@ REJECT_REASONS: Final = frozenset(_REJECTIONS)
 """Why a frame is rejected: the few values of the rejected-frames metric's label."""
 
 
+def trade_key(frame: str | bytes) -> tuple[str, int] | None:
+    """The symbol and trade id of a trade frame, read without decoding it, or None when they
+    cannot be read so: enough to recognise a trade received already, never to accept one."""
+    if type(frame) is not str:
+        return None
+    at = frame.find('"t":')
+    if at < 0:
+        return None
+    end = frame.find(",", at)
+    digits = frame[at + 4 : end]
+    if end < 0 or not (digits.isascii() and digits.isdigit()):
+        return None
+    start = frame.find('"s":"')
+    if start < 0:
+        return None
+    start += 5
+    return frame[start : frame.find('"', start)], int(digits)
+
+
 class FrameDecoder:
     """Turns one WebSocket frame into a ``Trade`` or says why it is not one."""
 

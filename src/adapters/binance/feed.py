@@ -9,6 +9,7 @@ belongs to one shard, so its trades keep their order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -90,7 +91,7 @@ class BinanceTradeFeed(TradeFeed):
         return self._shards
 
     def backlog(self) -> int:
-        return sum(len(shard.buffer) for shard in self._shards)
+        return sum(len(shard.buffer) + shard.waiting for shard in self._shards)
 
     def connected(self) -> bool:
         """Whether every shard has a connection to the exchange open now."""
@@ -104,12 +105,16 @@ class BinanceTradeFeed(TradeFeed):
         if self._opened:
             return
         self._opened = True
-        if len(self._shards) > 1:
+        tuning = self._ctx.tuning
+        if len(self._shards) > 1 or tuning.redundant:
             logger.info(
-                "{symbols} symbols on {count} connections (WS_STREAMS_PER_CONNECTION={per})",
+                "{symbols} symbols on {count} connection shard(s) of at most {per} streams "
+                "(WS_STREAMS_PER_CONNECTION), {legs} connection(s) each "
+                "(WS_REDUNDANT_CONNECTIONS)",
                 symbols=len(self._by_symbol),
                 count=len(self._shards),
-                per=self._ctx.tuning.streams_per_connection,
+                per=tuning.streams_per_connection,
+                legs=2 if tuning.redundant else 1,
             )
         for shard in self._shards:
             shard.start()
@@ -136,20 +141,34 @@ class BinanceTradeFeed(TradeFeed):
         return max(shard.paused_until() for shard in self._shards)
 
     async def next_batch(self) -> Sequence[FeedItem]:
+        clock = self._ctx.clock
         while True:
-            if any(shard.buffer for shard in self._shards):
-                items = self._decode_some()
+            now = clock.monotonic()
+            if any(shard.buffer or shard.next_due() <= now for shard in self._shards):
+                items = self._decode_some(now)
                 if items:
                     return items
                 continue
+            if self._ctx.closing and any(shard.waiting for shard in self._shards):
+                # Trades waiting for a predecessor that will not come now were received.
+                items = []
+                for shard in self._shards:
+                    shard.flush(items)
+                return items
             if self._failure is not None:
                 raise self._failure
             if self._ctx.closing:
                 return []
             self._arrived.clear()
-            await self._arrived.wait()
+            due = min(shard.next_due() for shard in self._shards)
+            if due == math.inf:
+                await self._arrived.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due - now)):
+                        await self._arrived.wait()
 
-    def _decode_some(self) -> list[FeedItem]:
+    def _decode_some(self, now: float) -> list[FeedItem]:
         """Up to ``batch_size`` entries, from each shard in turn starting with the next one."""
         shards = self._shards
         count = len(shards)
@@ -159,7 +178,7 @@ class BinanceTradeFeed(TradeFeed):
         room = self._ctx.tuning.batch_size
         for offset in range(count):
             shard = shards[(start + offset) % count]
-            if shard.buffer:
+            if shard.buffer or shard.next_due() <= now:
                 room -= shard.decode_into(items, room)
                 if room <= 0:
                     break

@@ -5,6 +5,13 @@ readers and its own bounded buffer, so that a drop, a pause or a slow catch-up o
 touches only its symbols. What the shards share (the attempt window, the consumer's wake-up,
 the run's counters) is in ``ShardContext``. The readers and the buffer they fill pause and
 resume each other, and are kept together for that reason.
+
+With ``redundant`` tuning a shard keeps two connections (legs) open at once, each with its
+own reconnects and a staggered rotation, both reading into the shard's buffer, as exchanges'
+A/B feeds are consumed: a trade arrives twice and is taken once, by id, before it is decoded
+when it can be; a trade one leg delivers ahead of a trade still to come on the other waits a
+moment for it (line arbitration). A drop of one leg then costs nothing: the other carried
+every trade meanwhile, and only an outage the other leg did not cover is told to the use case.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from adapters.binance.codec import OVERSIZED, FrameDecoder, FrameIssue
+from adapters.binance.codec import OVERSIZED, FrameDecoder, FrameIssue, trade_key
 from adapters.binance.connection import (
     ConnectFailed,
     ConnectionLost,
@@ -50,6 +57,8 @@ class FeedTuning:
     unavailable_timeout: float
     rotate_after: float
     streams_per_connection: int
+    redundant: bool
+    """Two connections per shard (see the module's description)."""
     batch_size: int = 4096
     attempts_window: float = 300.0
     """Binance counts connection attempts per IP over five minutes."""
@@ -63,6 +72,13 @@ class FeedTuning:
     noticed. Beyond it the reader reads on and drops frames, which are recovered from history."""
     rotation_stagger: float = 0.1
     """Shards rotate up to this share of ``rotate_after`` apart, not all in the same second."""
+    arbitration: float = 0.25
+    """How long (in arrival time) a trade delivered by one leg ahead of its predecessors waits
+    for them on the other leg before it is handed on with a gap."""
+    cover_margin: float = 1.0
+    """A leg's outage counts as covered by the other leg once that one, open since before the
+    outage, read on this long after the replacement opened (and after any pause): trades the
+    exchange sent before then had reached it."""
 
 
 @dataclass(slots=True)
@@ -90,16 +106,63 @@ class ShardContext:
 class _Link:
     """One connection to the exchange and the task that reads it."""
 
-    __slots__ = ("closing", "frames", "number", "opened_at", "reader", "reason", "ws")
+    __slots__ = ("closing", "frames", "last_at", "number", "opened_at", "reader", "reason", "ws")
 
     def __init__(self, ws: StreamConnection, number: int, opened_at: float) -> None:
         self.ws = ws
         self.number = number
         self.opened_at = opened_at
+        self.last_at = opened_at
+        """When the last frame arrived: nothing is missing before it."""
         self.frames = 0
         self.reason = "open"
         self.reader: asyncio.Task[None] | None = None
         self.closing = False
+
+    @property
+    def alive(self) -> bool:
+        return self.reader is not None and not self.reader.done() and not self.closing
+
+
+class _Leg:
+    """One of a shard's connections at a time, with its own reconnects and rotation."""
+
+    __slots__ = (
+        "attempt",
+        "connections",
+        "current",
+        "index",
+        "replacing",
+        "rotate",
+        "rotate_after",
+        "rotate_reason",
+        "task",
+    )
+
+    def __init__(self, index: int, rotate_after: float) -> None:
+        self.index = index
+        self.rotate_after = rotate_after
+        self.rotate = asyncio.Event()
+        self.rotate_reason = ""
+        self.replacing = False
+        self.attempt = 0
+        self.connections = 0
+        self.current: _Link | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.current is not None
+
+
+@dataclass(slots=True)
+class _Outage:
+    """A leg's outage from ``since`` (its last frame) that the other leg may have covered."""
+
+    since: float
+    due: float
+    """From when a frame read by a covering leg confirms it."""
+    reason: str
 
 
 _Entry = tuple[str | bytes, float] | Reconnected | Dropped
@@ -125,21 +188,29 @@ class Shard:
         self.name = f"shard {index + 1}/{count}" if count > 1 else "feed"
         self._ctx = ctx
         self._decoder = FrameDecoder(frozenset(symbols), tuning.max_frame_bytes)
-        self._rotate_after = tuning.rotate_after * (
-            1 - tuning.rotation_stagger * index / max(count, 1)
-        )
+        rotate_after = tuning.rotate_after * (1 - tuning.rotation_stagger * index / max(count, 1))
+        legs = 2 if tuning.redundant else 1
+        # The second leg's first connection is replaced half a rotation early: the two never
+        # rotate together.
+        self._legs = tuple(_Leg(leg, rotate_after * (1 - leg / (2 * legs))) for leg in range(legs))
+        self._rotate_after = rotate_after
         self.limit = max(1, tuning.buffer_frames // count)
         self._resume_at = max(1, self.limit * 3 // 4)
         self.buffer: deque[_Entry] = deque()
-        self._rotate = asyncio.Event()
-        self._rotate_reason = ""
-        self._supervisor: asyncio.Task[None] | None = None
         # Insertion-ordered, so that connections are always shut in the order they opened.
         self._links: dict[_Link, None] = {}
-        self._connections = 0
         self._marked = False
         """Whether a reconnection mark waits in the buffer."""
-        self._attempt = 0
+        self._outages: list[_Outage] = []
+        """Outages of one leg not yet known to be covered by the other."""
+        self._confirm_from = math.inf
+        self._newest: dict[str, int] = {}
+        """With two legs: the newest trade id handed on, by symbol."""
+        self._early: dict[str, dict[int, Received]] = {}
+        """With two legs: trades one leg delivered ahead of their predecessors, by symbol."""
+        self._early_due: dict[str, float] = {}
+        self._due = math.inf
+        """The earliest of ``_early_due`` (or earlier)."""
         self._paused_readers = 0
         self._pause_ended = -math.inf
         self._overflowing = False
@@ -147,7 +218,6 @@ class Shard:
         self._dropped: dict[str, DroppedRange] = {}
         """What was dropped of each symbol since the last ``Dropped`` was queued."""
         self._room = asyncio.Event()
-        self.connected = False
         self._shutting: set[asyncio.Task[None]] = set()
         """Replaced connections being closed, awaited by ``close``."""
 
@@ -159,28 +229,47 @@ class Shard:
             f"({len(self.symbols)} streams)"
         )
 
-    def start(self) -> None:
-        if self._supervisor is None:
-            self._supervisor = asyncio.create_task(
-                self._supervise(), name=f"feed-supervisor-{self.index}"
-            )
+    @property
+    def connected(self) -> bool:
+        """Whether a connection of this shard is open now."""
+        return any(leg.connected for leg in self._legs)
 
-    def reconnect(self, reason: str) -> None:
-        self._rotate_reason = reason
-        self._rotate.set()
+    def start(self) -> None:
+        for leg in self._legs:
+            if leg.task is None:
+                leg.task = asyncio.create_task(
+                    self._supervise(leg), name=f"feed-supervisor-{self.index}-{leg.index}"
+                )
+
+    def reconnect(self, reason: str, since: float | None = None) -> None:
+        """Replace this shard's connections (those opened before ``since``, when given: a
+        notice read on a connection already replaced asks nothing more)."""
+        for leg in self._legs:
+            current = leg.current
+            if leg.replacing or (
+                since is not None and current is not None and current.opened_at >= since
+            ):
+                continue
+            leg.rotate_reason = reason
+            leg.rotate.set()
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        tasks = [leg.task for leg in self._legs if leg.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
             *(self._shut(link) for link in list(self._links)), *list(self._shutting)
         )
-        self.connected = False
+        for leg in self._legs:
+            leg.current = None
 
     def paused_until(self) -> float:
-        return self._ctx.clock.monotonic() if self._paused_readers else self._pause_ended
+        """Reading on while dropping frames counts as a pause: what it reads is not seen
+        until the ``Dropped`` note after it."""
+        if self._paused_readers or self._overflowing:
+            return self._ctx.clock.monotonic()
+        return self._pause_ended
 
     # Decoding, in the consumer's task.
 
@@ -188,8 +277,8 @@ class Shard:
         """Decode up to ``most`` buffered entries into ``items``; how many were taken."""
         buffer = self.buffer
         decode = self._decoder.decode
-        stats = self._ctx.stats
-        received = stats.received
+        received = self._ctx.stats.received
+        redundant = len(self._legs) > 1
         last: Trade | None = None
         taken = min(len(buffer), most)
         for _ in range(taken):
@@ -200,27 +289,119 @@ class Shard:
                 items.append(entry)  # type: ignore[arg-type]
                 continue
             frame, arrived = entry
+            if redundant:
+                last = self._take_once(frame, arrived, items) or last
+                continue
             result = decode(frame)
             if type(result) is Trade:
                 items.append(Received(result, arrived))
                 received[result.symbol] += 1
                 last = result
             else:
-                self._note(result, frame)  # type: ignore[arg-type]
+                self._note(result, frame, arrived)  # type: ignore[arg-type]
+        if self._early and not buffer:
+            self._expire(items, self._ctx.clock.monotonic())
         if last is not None:
-            stats.exchange_lag[last.symbol] = self._ctx.clock.time() - last.timestamp / 1000
+            self._ctx.stats.exchange_lag[last.symbol] = (
+                self._ctx.clock.time() - last.timestamp / 1000
+            )
         if len(buffer) < self._resume_at and not self._room.is_set():
             self._room.set()
         return taken
 
-    def _note(self, issue: FrameIssue, frame: str | bytes) -> None:
+    def _take_once(self, frame: str | bytes, arrived: float, items: list[FeedItem]) -> Trade | None:
+        """With two legs: each trade is handed on once, in id order.
+
+        A frame whose id was handed on already is dropped before it is decoded. A trade that
+        arrives ahead of its predecessor (the other leg, or a new connection, ran ahead) waits
+        up to ``arbitration`` seconds of arrival time for it, then goes on with the gap.
+        """
+        if self._early and arrived >= self._due:
+            self._expire(items, arrived)
+        key = trade_key(frame)
+        if key is not None:
+            known = self._newest.get(key[0])
+            if known is not None and key[1] <= known:
+                self._ctx.stats.redundant_frames += 1
+                return None
+        result = self._decoder.decode(frame)
+        if type(result) is not Trade:
+            self._note(result, frame, arrived)  # type: ignore[arg-type]
+            return None
+        self._arbitrate(Received(result, arrived), items)
+        return result
+
+    def flush(self, items: list[FeedItem]) -> None:
+        """Hand on every trade still waiting for its predecessor: the feed ends."""
+        self._expire(items, math.inf)
+
+    def _arbitrate(self, item: Received, items: list[FeedItem]) -> None:
+        trade = item.trade
+        symbol = trade.symbol
+        known = self._newest.get(symbol)
+        waiting = self._early.get(symbol)
+        if known is not None and trade.trade_id <= known:
+            self._ctx.stats.redundant_frames += 1
+        elif known is None or trade.trade_id == known + 1:
+            self._hand(item, items)
+            if waiting is not None:
+                self._release(symbol, items, expired=False)
+        elif waiting is not None:
+            waiting.setdefault(trade.trade_id, item)
+        elif sum(link.alive for link in self._links) > 1:
+            # The other leg may still bring what this one skipped.
+            self._early[symbol] = {trade.trade_id: item}
+            due = self._early_due[symbol] = item.received_at + self._ctx.tuning.arbitration
+            self._due = min(self._due, due)
+        else:
+            self._hand(item, items)
+
+    def _hand(self, item: Received, items: list[FeedItem]) -> None:
+        items.append(item)
+        self._newest[item.trade.symbol] = item.trade.trade_id
+        self._ctx.stats.received[item.trade.symbol] += 1
+
+    def _release(self, symbol: str, items: list[FeedItem], *, expired: bool) -> None:
+        """Hand on the trades of ``symbol`` that waited and now follow on (all of them, in id
+        order, when their time is up)."""
+        waiting = self._early[symbol]
+        for trade_id in sorted(waiting):
+            known = self._newest.get(symbol)
+            if known is not None and trade_id <= known:
+                self._ctx.stats.redundant_frames += 1
+            elif expired or known is None or trade_id == known + 1:
+                self._hand(waiting[trade_id], items)
+            else:
+                # Still a gap before the rest: they wait on, behind the first of them.
+                rest = {i: waiting[i] for i in waiting if i >= trade_id}
+                self._early[symbol] = rest
+                return
+        del self._early[symbol]
+        del self._early_due[symbol]
+
+    def _expire(self, items: list[FeedItem], now: float) -> None:
+        for symbol, due in list(self._early_due.items()):
+            if due <= now:
+                self._release(symbol, items, expired=True)
+        self._due = self.next_due()
+
+    @property
+    def waiting(self) -> int:
+        """Trades waiting for their predecessor."""
+        return sum(len(waiting) for waiting in self._early.values())
+
+    def next_due(self) -> float:
+        """When a trade waiting for its predecessor must be handed on anyway (monotonic)."""
+        return min(self._early_due.values(), default=math.inf)
+
+    def _note(self, issue: FrameIssue, frame: str | bytes, arrived: float | None = None) -> None:
         stats = self._ctx.stats
         if issue.kind == "shutdown":
             logger.warning(
                 "Exchange announced a server shutdown ({name}): opening a new connection",
                 name=self.name,
             )
-            self.reconnect("server shutdown")
+            self.reconnect("server shutdown", arrived)
             return
         if issue.kind == "ignored":
             stats.ignored[issue.reason] += 1
@@ -292,42 +473,46 @@ class Shard:
         buffer.append(Dropped(tuple(ranges.values())))
         self._ctx.arrived.set()
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, leg: _Leg) -> None:
         ctx = self._ctx
-        current: _Link | None = None
-        down_since = ctx.clock.monotonic()
+        down_since = missing_from = ctx.clock.monotonic()
         reason = ""
+        lifetime = leg.rotate_after
         while not ctx.closing:
-            link = await self._open(down_since)
+            link = await self._open(leg, down_since)
             if link is None:
                 return
-            previous, current = current, link
+            previous, leg.current = leg.current, link
+            leg.replacing = False
             if previous is not None:
                 # A planned replacement: the new connection is open, the old one can go.
                 shutting = asyncio.create_task(self._shut(previous), name="feed-shut")
                 self._shutting.add(shutting)
                 shutting.add_done_callback(self._shutting.discard)
-            if self._connections > 1:
+            if leg.connections > 1:
                 # The old connection may have missed trades (it went silent, or closed before
-                # the new one opened): the use case checks history; overlaps are dropped by id.
-                self._mark(reason)
+                # the new one opened): the use case checks; overlaps are dropped by id.
+                self._replaced(missing_from if previous is None else previous.last_at, link, reason)
             link.reader = asyncio.create_task(
                 self._read(link), name=f"feed-reader-{self.index}-{link.number}"
             )
-            self.connected = True
-            reason, lost = await self._hold(link)
+            reason, lost = await self._hold(leg, link, lifetime)
+            lifetime = self._rotate_after
             ctx.stats.reconnects[reconnect_reason(reason)] += 1
             if lost:
-                current = None
-                self.connected = False
+                leg.current = None
+                self._links.pop(link, None)
+                self._uncovered()
                 healthy = link.frames > 0 or (
                     ctx.clock.monotonic() - link.opened_at >= ctx.tuning.stable_after
                 )
                 if healthy:
-                    self._attempt = 0
+                    leg.attempt = 0
                     down_since = ctx.clock.monotonic()
                 else:
-                    self._attempt += 1
+                    leg.attempt += 1
+                # Nothing is missing before the last frame the lost connection read.
+                missing_from = link.last_at
                 logger.warning(
                     "Exchange connection {n} lost ({reason}) after {frames} frames; "
                     "reconnecting {name}",
@@ -337,6 +522,7 @@ class Shard:
                     name=self.name,
                 )
             else:
+                leg.replacing = True
                 logger.info(
                     "Replacing exchange connection {n} ({reason}, {name})",
                     n=link.number,
@@ -345,15 +531,48 @@ class Shard:
                 )
                 down_since = ctx.clock.monotonic()
 
-    async def _hold(self, link: _Link) -> tuple[str, bool]:
+    def _replaced(self, since: float, link: _Link, reason: str) -> None:
+        """A connection of this shard was replaced by ``link``; trades the exchange sent from
+        ``since`` until ``link`` opened reached the old one only if it read on (planned) or
+        another leg carried them."""
+        if len(self._legs) > 1 and any(
+            other.alive and other.opened_at <= since for other in self._links if other is not link
+        ):
+            self._outages.append(
+                _Outage(since, link.opened_at + self._ctx.tuning.cover_margin, reason)
+            )
+            self._confirm_from = min(outage.due for outage in self._outages)
+            return
+        self._mark(reason)
+
+    def _uncovered(self) -> None:
+        """A connection ended: an outage only it could still cover is told to the use case."""
+        for outage in list(self._outages):
+            if not any(other.alive and other.opened_at <= outage.since for other in self._links):
+                self._outages.remove(outage)
+                self._mark(outage.reason)
+        self._confirm_from = min((outage.due for outage in self._outages), default=math.inf)
+
+    def _confirm(self, link: _Link, now: float) -> None:
+        """``link`` read a frame at ``now``: outages it was open through are covered, unless
+        a pause may have left the trades they missed unread in its socket."""
+        if self._paused_readers or now < self._pause_ended + self._ctx.tuning.cover_margin:
+            return
+        kept = [
+            outage
+            for outage in self._outages
+            if not (outage.due <= now and link.opened_at <= outage.since)
+        ]
+        self._outages = kept
+        self._confirm_from = min((outage.due for outage in kept), default=math.inf)
+
+    async def _hold(self, leg: _Leg, link: _Link, lifetime: float) -> tuple[str, bool]:
         """Wait until ``link`` is lost (True) or should be replaced (False), and say why."""
         assert link.reader is not None  # noqa: S101 - set by the caller
-        rotate = asyncio.create_task(self._rotate.wait())
+        rotate = asyncio.create_task(leg.rotate.wait())
         try:
             done, _ = await asyncio.wait(
-                {link.reader, rotate},
-                timeout=self._rotate_after,
-                return_when=asyncio.FIRST_COMPLETED,
+                {link.reader, rotate}, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             rotate.cancel()
@@ -361,17 +580,17 @@ class Shard:
         if link.reader in done:
             return link.reason, True
         if rotate in done:
-            self._rotate.clear()
-            return self._rotate_reason, False
+            leg.rotate.clear()
+            return leg.rotate_reason, False
         return "rotation", False
 
-    async def _open(self, down_since: float) -> _Link | None:
+    async def _open(self, leg: _Leg, down_since: float) -> _Link | None:
         ctx = self._ctx
         tuning = ctx.tuning
         window = ctx.window
         clock = ctx.clock
         while not ctx.closing:
-            attempt = self._attempt
+            attempt = leg.attempt
             now = clock.monotonic()
             delay = tuning.backoff.delay(attempt, ctx.rand()) if attempt >= 1 else 0.0
             delay = max(delay, window.wait_before_next(now))
@@ -391,18 +610,18 @@ class Shard:
             while (wait := window.wait_before_next(clock.monotonic())) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             window.record(clock.monotonic())
-            self._connections += 1
+            leg.connections += 1
             ctx.connection_numbers += 1
             number = ctx.connection_numbers
             try:
                 ws = await ctx.connect(self.url)
             except ConnectFailed as error:
-                self._attempt += 1
+                leg.attempt += 1
                 ctx.stats.reconnects["connect_failed"] += 1
                 logger.warning(
                     "Could not connect to the exchange at {url} (attempt {attempt}): {error}",
                     url=self.describe_url(),
-                    attempt=self._attempt,
+                    attempt=leg.attempt,
                     error=str(error),
                 )
                 continue
@@ -430,6 +649,10 @@ class Shard:
                 await self._wait_for_room()
             async for frame in link.ws:
                 link.frames += 1
+                now = clock()
+                link.last_at = now
+                if now >= self._confirm_from:
+                    self._confirm(link, now)
                 if len(frame) > max_bytes:
                     self._note(OVERSIZED, frame)
                     continue
@@ -438,8 +661,9 @@ class Shard:
                         self._drop(frame)
                         continue
                     self._overflowing = False
+                    self._pause_ended = now
                     self._tell_dropped()
-                buffer.append((frame, clock()))
+                buffer.append((frame, now))
                 arrived.set()
                 # A full buffer pauses reading after the frame is kept: one taken and then
                 # dropped at a stop would be a received trade lost.
@@ -495,6 +719,8 @@ class Shard:
         if link.closing:
             return  # being shut already (a replaced connection): ``close`` awaits that
         link.closing = True
+        # An outage only this connection could still show covered is told now.
+        self._uncovered()
         try:
             async with asyncio.timeout(self._ctx.tuning.close_timeout + 1):
                 await link.ws.close()
