@@ -64,6 +64,19 @@ SCENARIOS: Final = (
     "latency-10000",
     "hot-path",
     "memory",
+    "throughput-200-single",
+    "throughput-1000",
+    "throughput-1000-single",
+    "throughput-1500",
+    "steady-1",
+    "steady-10",
+    "steady-200",
+    "steady-1000",
+    "steady-1000-single",
+    "steady-1500",
+    "drop-100-single",
+    "drops-1000",
+    "drops-1000-single",
 )
 
 
@@ -105,6 +118,9 @@ class Plan:
     memory_rate: int = 5_000
     memory_warmup: float = 30.0
     hot_path_rounds: int = 30
+    steady_seconds: float = 40.0
+    """Of each scenario at 20,000 trades a second over many symbols."""
+    drops_seconds: float = 75.0
 
     @classmethod
     def quick(cls) -> Plan:
@@ -117,6 +133,8 @@ class Plan:
             memory_seconds=30.0,
             memory_warmup=10.0,
             hot_path_rounds=5,
+            steady_seconds=15.0,
+            drops_seconds=65.0,
         )
 
 

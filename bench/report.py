@@ -25,6 +25,9 @@ from bench.config import (
     TARGET_RSS_MB,
     Context,
 )
+from bench.scale_report import BEGIN as SCALE_BEGIN
+from bench.scale_report import END as SCALE_END
+from bench.scale_report import render_scale, scale_targets
 
 
 def machine_info() -> dict[str, Any]:
@@ -398,24 +401,31 @@ END: Final = "<!-- bench:results:end -->"
 
 
 def write_docs(results: dict[str, Any]) -> None:
-    table = f"{BEGIN}\n{render_tables(results)}\n{END}"
-    if DOCS.exists():
-        text = DOCS.read_text()
-        if BEGIN in text and END in text:
-            head, _, rest = text.partition(BEGIN)
-            _, _, tail = rest.partition(END)
-            DOCS.write_text(f"{head}{table}{tail}")
-            return
-        DOCS.write_text(f"{text.rstrip()}\n\n## Results\n\n{table}\n")
-        return
+    """Regenerate the blocks of ``docs/benchmarks.md`` that the results have figures for:
+    the single-connection tables, the many-symbols ones, or both."""
+    scen = results.get("scenarios", {})
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if all(name in scen for name in ("throughput-1", "ceiling-1", "latency-10000", "memory")):
+        text = _with_block(text, BEGIN, END, render_tables(results), "Results")
+    if any(name.startswith(("steady-", "drop")) or name.endswith("-single") for name in scen):
+        text = _with_block(text, SCALE_BEGIN, SCALE_END, render_scale(results), "Many symbols")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(f"# Benchmarks\n\n## Results\n\n{table}\n")
+    DOCS.write_text(text)
+
+
+def _with_block(text: str, begin: str, end: str, body: str, heading: str) -> str:
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        return f"{head}{block}{tail}"
+    return f"{text.rstrip()}\n\n## {heading}\n\n{block}\n"
 
 
 def print_summary(results: dict[str, Any]) -> None:
     print()
     print("=" * 78)
-    for name, goal, measured, met in targets(results):
+    for name, goal, measured, met in targets(results) + scale_targets(results["scenarios"]):
         verdict = "-" if met is None else ("met" if met else "MISSED")
         print(f"{name:<44} {goal:<22} {measured}  [{verdict}]")
     scen = results["scenarios"]

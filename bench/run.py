@@ -18,6 +18,17 @@ Scenarios (``--only`` takes one or more of these names, comma-separated):
   ``loader_publish_latency_seconds`` histogram (frame receipt to broker acknowledgement).
 - ``hot-path``: pytest-benchmark of frame text -> ``FrameDecoder.decode`` -> ``encode_trade``.
 - ``memory``: a fixed 5,000 trades/s for a few minutes, resident memory sampled every 5 s.
+- ``throughput-1000``, ``throughput-1500`` (and ``-200-single``, ``-1000-single``): many symbols fed
+  as fast as the loader reads, with the default settings (redundant connections above 192
+  symbols) and with one connection per shard (``WS_REDUNDANT_CONNECTIONS=off``).
+- ``steady-1`` ... ``steady-1500``: 20,000 trades/s in all over that many symbols for
+  ``steady_seconds``: kept up?, lag (broker append time minus trade time), receipt->ack,
+  CPU per trade, REST weight, time to the first trade in Kafka.
+- ``drop-100-single``: 100 symbols on four shards of one connection, one shard dropped once:
+  how long until every symbol is contiguous again, REST weight per symbol that had a gap,
+  the other shards' lag.
+- ``drops-1000`` (default settings) and ``drops-1000-single``: 1,000 symbols at 20,000/s,
+  every shard's oldest connection dropped once a minute: 429s, 418s, REST calls, lag.
 
 Results go to ``bench/results/<date>.json`` and, for a full run, to the table in
 ``docs/benchmarks.md``. The run fails (exit 1) only when something broke: a lost, duplicated
@@ -51,6 +62,8 @@ from bench.config import (
     symbols,
 )
 from bench.report import code_state, machine_info, print_summary, settings_info, targets, write_docs
+from bench.scale import SINGLE, scenario_drop, scenario_drops, scenario_steady, steady_single
+from bench.scale_report import scale_targets
 from bench.scenarios import (
     scenario_ceiling,
     scenario_hot_path,
@@ -82,7 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--docs",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="regenerate the table in docs/benchmarks.md (auto: only after a full run)",
+        help="regenerate the tables in docs/benchmarks.md that the run has figures for "
+        "(auto: only after a full run)",
     )
     parser.add_argument(
         "--profile",
@@ -158,6 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency-10000": lambda: scenario_latency(ctx, 10_000),
         "hot-path": lambda: scenario_hot_path(ctx),
         "memory": lambda: scenario_memory(ctx),
+        "throughput-200-single": lambda: scenario_throughput(ctx, symbols(200), SINGLE),
+        "throughput-1000": lambda: scenario_throughput(ctx, symbols(1000)),
+        "throughput-1000-single": lambda: scenario_throughput(ctx, symbols(1000), SINGLE),
+        "throughput-1500": lambda: scenario_throughput(ctx, symbols(1500)),
+        "steady-1": lambda: scenario_steady(ctx, 1),
+        "steady-10": lambda: scenario_steady(ctx, 10),
+        "steady-200": lambda: scenario_steady(ctx, 200),
+        "steady-1000": lambda: scenario_steady(ctx, 1000),
+        "steady-1000-single": lambda: steady_single(ctx, 1000),
+        "steady-1500": lambda: scenario_steady(ctx, 1500),
+        "drop-100-single": lambda: scenario_drop(ctx),
+        "drops-1000": lambda: scenario_drops(ctx, None),
+        "drops-1000-single": lambda: scenario_drops(ctx, SINGLE),
     }
     for name in names:
         load = os.getloadavg()[0]
@@ -192,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["code_changed_during_run"] = code_after
         log("warning: src/ changed while the benchmark ran; the figures mix two versions")
     results["targets"] = [
-        {"target": t, "goal": g, "measured": m, "met": ok} for t, g, m, ok in targets(results)
+        {"target": t, "goal": g, "measured": m, "met": ok}
+        for t, g, m, ok in targets(results) + scale_targets(ctx.results)
     ]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / results["file"]

@@ -279,13 +279,19 @@ def timeline(run: LoaderRun) -> list[list[float]]:
     return points
 
 
-def scenario_throughput(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
-    runs = [throughput_once(ctx, symbols) for _ in range(ctx.repeat)]
+def scenario_throughput(
+    ctx: Context, symbols: Sequence[str], env_extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    runs = [throughput_once(ctx, symbols, env_extra) for _ in range(ctx.repeat)]
     return best_of(runs)
 
 
-def throughput_once(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
-    label = f"throughput-{len(symbols)}"
+def throughput_once(
+    ctx: Context, symbols: Sequence[str], env_extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The loader fed as fast as it reads; ``env_extra`` (a ``-single`` label) overrides
+    the defaults."""
+    label = f"throughput-{len(symbols)}" + ("-single" if env_extra else "")
     per = ctx.plan.trades // len(symbols)
     total = per * len(symbols)
     topics = TopicSet.fresh("bench")
@@ -293,7 +299,7 @@ def throughput_once(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
     profiler: list[subprocess.Popen[bytes]] = []
     try:
         with start_simulator(ctx, label, symbols, "--rate", "0", "--count", str(per)) as sim:
-            env = base_env(ctx, topics, sim, symbols)
+            env = {**base_env(ctx, topics, sim, symbols), **(env_extra or {})}
             env["STOP_AFTER_RECORDS"] = str(total)
             sim_cpu_before = simulator_cpu(sim) or 0.0
 
@@ -355,7 +361,8 @@ def throughput_once(ctx: Context, symbols: Sequence[str]) -> dict[str, Any]:
         "simulator_sent": sim_sent,
         **recovery,
         "receive_pauses": _last_counter(run, "loader_receive_pauses"),
-        "default_settings": True,
+        "default_settings": not env_extra,
+        "settings": env_extra or "default",
         "profiled": bool(profiler),
         "timeline": timeline(run),
     }

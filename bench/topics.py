@@ -4,8 +4,11 @@ duplicates and order."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from array import array
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +60,46 @@ class TopicScan:
     stamps: Counter[int] = field(default_factory=Counter)
     """Records per broker append time (ms)."""
     log_append_time: bool = True
+    appended_ms: array[int] = field(default_factory=lambda: array("q"))
+    """Each record's broker append time, in topic order per partition."""
+    traded_ms: array[int] = field(default_factory=lambda: array("q"))
+    """Each record's trade time (the exchange's), alongside ``appended_ms``."""
+    symbol_of: list[str] = field(default_factory=list)
+    """Each record's symbol, alongside ``appended_ms``."""
+
+    def lag_quantile(
+        self, q: float, *, after_ms: float = 0.0, symbols: Collection[str] | None = None
+    ) -> float | None:
+        """The ``q`` quantile of append time minus trade time (ms) over the records traded
+        ``after_ms`` after the first append (of ``symbols`` only, when given)."""
+        first = self.first_ms
+        if first is None:
+            return None
+        since = first + after_ms
+        lags = sorted(
+            appended - traded
+            for appended, traded, symbol in zip(
+                self.appended_ms, self.traded_ms, self.symbol_of, strict=True
+            )
+            if traded >= since and (symbols is None or symbol in symbols)
+        )
+        if not lags:
+            return None
+        return float(lags[min(len(lags) - 1, max(0, math.ceil(q * len(lags)) - 1))])
+
+    def caught_up_after(self, moment: float, window: float = 2.0) -> float | None:
+        """Seconds from ``moment`` (epoch) until every trade made in the ``window`` seconds
+        after it was in the topic: how long a connection drop at ``moment`` held trades up."""
+        start, end = moment * 1000, (moment + window) * 1000
+        last = max(
+            (
+                appended
+                for appended, traded in zip(self.appended_ms, self.traded_ms, strict=True)
+                if start <= traded <= end
+            ),
+            default=None,
+        )
+        return None if last is None else last / 1000 - moment
 
     @property
     def first_ms(self) -> int | None:
@@ -146,9 +189,13 @@ async def scan_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> Topi
                         message = loads(record.value)
                         symbol = message["symbol"]
                         trade_id = message["trade_id"]
+                        traded = message["timestamp"]
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         scan.not_trades += 1
                         continue
+                    scan.appended_ms.append(record.timestamp)
+                    scan.traded_ms.append(traded)
+                    scan.symbol_of.append(symbol)
                     if keys.get(record.key) != symbol:
                         if record.key != symbol.encode():
                             scan.bad_keys += 1

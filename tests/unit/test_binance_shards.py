@@ -311,17 +311,36 @@ async def test_a_trade_received_on_both_connections_is_handed_on_once_in_order()
 
 async def test_a_trade_ahead_of_its_predecessor_waits_for_it_from_the_other_connection() -> None:
     exchange = Exchange()
-    sut, a, b = await redundant(exchange, RunStats(), arbitration=30.0)
+    sut, a, b = await redundant(exchange, RunStats(), arbitration=1.0)
     a.send(trade_frame(1, symbol=SYMBOLS[0]))
-    await a.all_read.wait()
+    # The first trade of a symbol waits its moment too (for earlier ones on the other leg).
+    assert ids(await take(sut, 1)) == [(SYMBOLS[0], 1)]
     # b runs ahead: 3 (and 4) before a delivered 2.
     b.send(trade_frame(3, symbol=SYMBOLS[0]), trade_frame(4, symbol=SYMBOLS[0]))
     await b.all_read.wait()
     a.send(trade_frame(2, symbol=SYMBOLS[0]), trade_frame(3, symbol=SYMBOLS[0]))
-    items = await take(sut, 4)
-    assert ids(items) == [(SYMBOLS[0], i) for i in (1, 2, 3, 4)]
+    items = await take(sut, 3)
+    assert ids(items) == [(SYMBOLS[0], i) for i in (2, 3, 4)]
     assert sut.backlog() == 0
     await sut.close()
+
+
+async def test_the_first_trade_of_a_symbol_waits_for_earlier_ones_from_the_other_connection() -> (
+    None
+):
+    exchange = Exchange()
+    sut, a, b = await redundant(exchange, RunStats(), arbitration=30.0)
+    # a connected first and has trade 1; b, connected later, delivers 2 before a's 1 is read.
+    b.send(trade_frame(2, symbol=SYMBOLS[0]))
+    await b.all_read.wait()
+    a.send(trade_frame(1, symbol=SYMBOLS[0]), trade_frame(2, symbol=SYMBOLS[0]))
+    await a.all_read.wait()
+    b.send(trade_frame(3, symbol=SYMBOLS[0]))
+    await sut.close()
+    items = await take(sut, 2)
+    items += await sut.next_batch()
+    assert ids(items)[:2] == [(SYMBOLS[0], 1), (SYMBOLS[0], 2)]
+    assert sut.backlog() == 0
 
 
 async def test_a_trade_whose_predecessor_comes_on_neither_connection_goes_on_after_a_moment() -> (
@@ -343,11 +362,11 @@ async def test_a_trade_still_waiting_at_the_end_is_handed_on() -> None:
     sut, a, _ = await redundant(exchange, RunStats(), arbitration=30.0)
     a.send(trade_frame(1, symbol=SYMBOLS[0]), trade_frame(3, symbol=SYMBOLS[0]))
     await a.all_read.wait()
-    items = await take(sut, 1)
-    assert sut.backlog() == 1
+    assert sut.backlog() == 2
     await sut.close()
-    items.extend(await sut.next_batch())
+    items = await take(sut, 2)
     assert ids(items) == [(SYMBOLS[0], 1), (SYMBOLS[0], 3)]
+    assert sut.backlog() == 0
     assert await sut.next_batch() == []
 
 

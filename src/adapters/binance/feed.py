@@ -25,6 +25,9 @@ from domain.errors import ExchangeUnavailableError
 
 __all__ = ["BinanceTradeFeed", "FeedTuning", "shard_symbols"]
 
+GATHER_FRAMES = 256
+GATHER_SECONDS = 0.002
+
 
 def shard_symbols(symbols: Sequence[str], per_connection: int) -> list[tuple[str, ...]]:
     """The symbols in as few shards as ``per_connection`` allows, of sizes differing by at
@@ -145,6 +148,10 @@ class BinanceTradeFeed(TradeFeed):
         while True:
             now = clock.monotonic()
             if any(shard.buffer or shard.next_due() <= now for shard in self._shards):
+                if self.backlog() < GATHER_FRAMES and not self._ctx.closing:
+                    # A trickle of frames: wait a moment so that one pass takes several.
+                    await asyncio.sleep(GATHER_SECONDS)
+                    now = clock.monotonic()
                 items = self._decode_some(now)
                 if items:
                     return items

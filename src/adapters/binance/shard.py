@@ -342,19 +342,20 @@ class Shard:
         waiting = self._early.get(symbol)
         if known is not None and trade.trade_id <= known:
             self._ctx.stats.redundant_frames += 1
-        elif known is None or trade.trade_id == known + 1:
+        elif known is not None and trade.trade_id == known + 1:
             self._hand(item, items)
             if waiting is not None:
                 self._release(symbol, items, expired=False)
         elif waiting is not None:
-            waiting.setdefault(trade.trade_id, item)
-        elif sum(link.alive for link in self._links) > 1:
-            # The other leg may still bring what this one skipped.
+            if waiting.setdefault(trade.trade_id, item) is not item:
+                self._ctx.stats.redundant_frames += 1
+        else:
+            # The other leg may bring what this one skipped (or, for the first trade of a
+            # symbol, trades before it that this one connected too late for): if it is down,
+            # the wait only delays the gap the use case then fills.
             self._early[symbol] = {trade.trade_id: item}
             due = self._early_due[symbol] = item.received_at + self._ctx.tuning.arbitration
             self._due = min(self._due, due)
-        else:
-            self._hand(item, items)
 
     def _hand(self, item: Received, items: list[FeedItem]) -> None:
         items.append(item)
