@@ -160,6 +160,11 @@ class Backfill:
                 self._unchecked.setdefault(symbol, due)
         self._wake.set()
 
+    @property
+    def watching(self) -> bool:
+        """Whether any symbol's first trade since a reconnect is awaited (see ``traded``)."""
+        return self._probing is not None or bool(self._unchecked)
+
     def traded(self, symbol: str) -> bool:
         """A live trade of ``symbol`` arrived: it shows any gap itself. Whether it is the
         first since the symbol's connection was replaced."""

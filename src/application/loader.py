@@ -107,6 +107,8 @@ class TradeLoader:
         """Items of the feed's current batch the pump has not reached yet."""
         self._horizon = 0.0
         """When the newest live trade the pump has reached was received."""
+        self._revealing = False
+        """Whether the live trade being taken is its symbol's first since a reconnect."""
         self._backfill = Backfill(config, history, self._sequencer, clock, metrics, self)
         self._silence = SilenceWatch(config, history, feed, self._sequencer, clock, self._behind)
         self._last_seen = self._silence.last_seen
@@ -305,34 +307,44 @@ class TradeLoader:
             self._unprocessed = len(batch)
             for index, item in enumerate(batch):
                 self._unprocessed -= 1
-                if isinstance(item, Reconnected):
+                if type(item) is Received:
+                    self._horizon = item.received_at
+                    verdict = self._receive(item)
+                    if verdict is Verdict.GAP:
+                        await self._gap(item, batch, index)
+                    elif verdict is not None:
+                        await self.hand(item.trade, item.received_at)
+                elif isinstance(item, Reconnected):
                     self._backfill.reconnected(item.symbols)
                 elif isinstance(item, Dropped):
                     self._backfill.dropped(item.ranges)
-                else:
-                    self._horizon = item.received_at
-                    await self._take(item, batch, index)
                 if self.over_limit():
                     return False
 
-    async def _take(self, item: Received, batch: Sequence[FeedItem], index: int) -> None:
+    def _receive(self, item: Received) -> Verdict | None:
+        """Note a live trade's receipt; how it follows on, or None when it is dealt with
+        (held behind its symbol's gap, or a duplicate)."""
         trade = item.trade
         symbol = trade.symbol
         self._last_seen[symbol] = item.received_at
         self._newest_received[symbol] = trade.trade_id
-        reconnected = self._backfill.traded(symbol)
-        if self._backfill.holds(symbol):
-            self._backfill.hold(item, RECONNECT_GAP if reconnected else LIVE_GAP)
-            return
+        backfill = self._backfill
+        self._revealing = backfill.watching and backfill.traded(symbol)
+        if backfill.holds(symbol):
+            backfill.hold(item, RECONNECT_GAP if self._revealing else LIVE_GAP)
+            return None
         verdict = self._sequencer.classify(symbol, trade.trade_id)
         if verdict is Verdict.DUPLICATE:
             self._metrics.duplicate(symbol)
-            return
-        if verdict is Verdict.GAP and not await self._from_batch(trade, batch, index):
+            return None
+        return verdict
+
+    async def _gap(self, item: Received, batch: Sequence[FeedItem], index: int) -> None:
+        if await self._from_batch(item.trade, batch, index):
+            await self.hand(item.trade, item.received_at)
+        else:
             # History is fetched in the background; only this symbol waits for it.
-            self._backfill.hold(item, RECONNECT_GAP if reconnected else LIVE_GAP)
-            return
-        await self.hand(trade, item.received_at)
+            self._backfill.hold(item, RECONNECT_GAP if self._revealing else LIVE_GAP)
 
     async def _from_batch(self, trade: Trade, batch: Sequence[FeedItem], index: int) -> bool:
         """Hand the missing trades found further on in the batch; whether none is missing.
