@@ -120,7 +120,8 @@ def steady_once(
                     ctx.log_path(label, "loader"),
                     timeout=seconds + 180,
                     metrics_port=int(env["METRICS_PORT"]),
-                    scrape_every=1.0,
+                    # As Prometheus would: the text for a thousand symbols costs the loader.
+                    scrape_every=5.0,
                     rss_every=1.0,
                     on_connected=dropper.start,
                 )
