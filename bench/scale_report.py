@@ -29,13 +29,20 @@ def _ratio_row(name: str, goal: float, value: Any, base: Any, unit: str, *, most
         return name, wanted, "n/a", None
     ratio = value / base
     met = ratio <= goal if most else ratio >= goal
-    return name, wanted, f"{ratio:.2f} ({value:,}{unit})", met
+    return name, wanted, f"{ratio:.2f} ({_number(value)}{unit})", met
 
 
 def _bound_row(name: str, goal: str, value: Any, bound: float, unit: str) -> Row:
     if value is None:
         return name, goal, "n/a", None
-    return name, goal, f"{value:,}{unit}", value <= bound
+    return name, goal, f"{_number(value)}{unit}", value <= bound
+
+
+def _number(value: Any) -> str:
+    """Whole numbers with thousands separators, others as measured."""
+    if isinstance(value, float) and value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def scale_targets(scen: dict[str, Any]) -> list[Row]:
@@ -193,7 +200,7 @@ def render_scale(results: dict[str, Any]) -> str:
             if not isinstance(figures, dict):
                 continue
             lines.append(
-                f"| throughput-{size}{suffix} | {figures['trades_per_s']:,} | "
+                f"| throughput-{size}{suffix} | {_number(figures['trades_per_s'])} | "
                 f"{figures['cpu_us_per_trade']} | {figures['peak_rss_mb']} | "
                 f"{'one per shard' if suffix or size <= 192 else 'two per shard'} |"
             )
@@ -209,7 +216,8 @@ def render_scale(results: dict[str, Any]) -> str:
         if not name.startswith(("steady-", "drop")) or not isinstance(figures, dict):
             continue
         lines.append(
-            f"| {name} | {figures['published_rate_after_warmup']} | {figures['lag_p99_ms']} | "
+            f"| {name} | {_number(figures['published_rate_after_warmup'])} | "
+            f"{_number(figures['lag_p99_ms'])} | "
             f"{figures['p99_receipt_to_ack_ms']} | {figures['cpu_us_per_trade']} | "
             f"{figures['peak_rss_mb']} | {figures['seconds_to_first_trade_in_kafka']} | "
             f"{figures['rest_weight']} | {figures['gaps_in_stream']} | "
