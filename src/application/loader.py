@@ -158,7 +158,7 @@ class TradeLoader:
             ended.cancel()
             await asyncio.gather(ended, return_exceptions=True)
         if not task.done() and grace is not None:
-            await self._within(task, grace())
+            await within(self._clock, task, grace())
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -243,7 +243,7 @@ class TradeLoader:
             self._end_from(pump)
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
-        if not await self._within(pump, self._config.drain_timeout):
+        if not await within(self._clock, pump, self._config.drain_timeout):
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -260,10 +260,6 @@ class TradeLoader:
             self._end(Status.ERROR, message, 1, lost=True)
             return
         self._end_from(pump)
-
-    async def _within(self, task: asyncio.Task[None], seconds: float) -> bool:
-        """Wait up to ``seconds`` of the clock for ``task``; whether it finished."""
-        return await within(self._clock, task, seconds)
 
     def _end_from(self, pump: asyncio.Task[None]) -> None:
         if pump.cancelled():

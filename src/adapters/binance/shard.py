@@ -539,33 +539,38 @@ class Shard:
         if len(self._legs) > 1 and any(
             other.alive and other.opened_at <= since for other in self._links if other is not link
         ):
-            self._outages.append(
-                _Outage(since, link.opened_at + self._ctx.tuning.cover_margin, reason)
-            )
-            self._confirm_from = min(outage.due for outage in self._outages)
+            due = link.opened_at + self._ctx.tuning.cover_margin
+            self._keep_outages([*self._outages, _Outage(since, due, reason)])
             return
         self._mark(reason)
 
     def _uncovered(self) -> None:
         """A connection ended: an outage only it could still cover is told to the use case."""
-        for outage in list(self._outages):
-            if not any(other.alive and other.opened_at <= outage.since for other in self._links):
-                self._outages.remove(outage)
+        kept = []
+        for outage in self._outages:
+            if any(other.alive and other.opened_at <= outage.since for other in self._links):
+                kept.append(outage)
+            else:
                 self._mark(outage.reason)
-        self._confirm_from = min((outage.due for outage in self._outages), default=math.inf)
+        self._keep_outages(kept)
 
     def _confirm(self, link: _Link, now: float) -> None:
         """``link`` read a frame at ``now``: outages it was open through are covered, unless
         a pause may have left the trades they missed unread in its socket."""
         if self._paused_readers or now < self._pause_ended + self._ctx.tuning.cover_margin:
             return
-        kept = [
-            outage
-            for outage in self._outages
-            if not (outage.due <= now and link.opened_at <= outage.since)
-        ]
-        self._outages = kept
-        self._confirm_from = min((outage.due for outage in kept), default=math.inf)
+        self._keep_outages(
+            [
+                outage
+                for outage in self._outages
+                if not (outage.due <= now and link.opened_at <= outage.since)
+            ]
+        )
+
+    def _keep_outages(self, outages: list[_Outage]) -> None:
+        """The outages still unconfirmed, and from when a read may confirm one."""
+        self._outages = outages
+        self._confirm_from = min((outage.due for outage in outages), default=math.inf)
 
     async def _hold(self, leg: _Leg, link: _Link, lifetime: float) -> tuple[str, bool]:
         """Wait until ``link`` is lost (True) or should be replaced (False), and say why."""
