@@ -178,6 +178,16 @@ def linear_slope(points: Sequence[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
+def target_rows(rows: list[tuple[str, str, str, bool | None]]) -> list[str]:
+    """The targets as Markdown table rows (after a ``| target | goal | measured | met |``
+    header)."""
+    lines = []
+    for name, goal, measured, met in rows:
+        verdict = "—" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {name} | {goal} | {measured} | {verdict} |")
+    return lines
+
+
 def round_or_none(value: float | None, digits: int = 1) -> float | None:
     return None if value is None or math.isnan(value) else round(value, digits)
 

@@ -24,6 +24,7 @@ from bench.config import (
     TARGET_RATE,
     TARGET_RSS_MB,
     Context,
+    target_rows,
 )
 from bench.scale_report import BEGIN as SCALE_BEGIN
 from bench.scale_report import END as SCALE_END
@@ -229,9 +230,7 @@ def render_tables(results: dict[str, Any]) -> str:
         "| target | goal | measured | met |",
         "| --- | --- | --- | --- |",
     ]
-    for name, goal, measured, met in targets(results):
-        verdict = "—" if met is None else ("yes" if met else "**no**")
-        lines.append(f"| {name} | {goal} | {measured} | {verdict} |")
+    lines += target_rows(targets(results))
     lines.append("")
     lines += _throughput_tables(scen)
     lines += _cost_table(scen)
