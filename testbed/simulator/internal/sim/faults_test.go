@@ -316,15 +316,7 @@ func TestAdminShutdownAndDrop(t *testing.T) {
 	ws2 := s.dial("/ws/btcusdt@trade")
 	mustRead(t, ws2)
 	s.post("/admin/drop", "")
-	for {
-		_, err := readMsg(t, ws2, 5*time.Second)
-		if err != nil {
-			if closeCode(err) != websocket.CloseAbnormalClosure {
-				t.Fatalf("drop: %v", err)
-			}
-			break
-		}
-	}
+	readUntilDropped(t, ws2)
 	waitFor(t, 2*time.Second, "no open connections", func() bool { return s.state().Connections.Open == 0 })
 }
 
@@ -646,15 +638,7 @@ func TestAdminDropWithLimitClosesTheOldestOnly(t *testing.T) {
 	if !strings.Contains(string(b), `"connections":1`) {
 		t.Fatalf("drop with limit=1 answered %s", b)
 	}
-	for {
-		_, err := readMsg(t, first, 5*time.Second)
-		if err != nil {
-			if closeCode(err) != websocket.CloseAbnormalClosure {
-				t.Fatalf("drop: %v", err)
-			}
-			break
-		}
-	}
+	readUntilDropped(t, first)
 	// The younger connection carries on.
 	for i := 0; i < 3; i++ {
 		if _, err := readMsg(t, second, 5*time.Second); err != nil {
@@ -663,5 +647,19 @@ func TestAdminDropWithLimitClosesTheOldestOnly(t *testing.T) {
 	}
 	if open := s.state().Connections.Open; open != 1 {
 		t.Fatalf("open connections after the drop: %d, want 1", open)
+	}
+}
+
+// readUntilDropped reads what is still on its way until c ends, which must be abruptly (1006).
+func readUntilDropped(t *testing.T, c *websocket.Conn) {
+	t.Helper()
+	for {
+		_, err := readMsg(t, c, 5*time.Second)
+		if err != nil {
+			if closeCode(err) != websocket.CloseAbnormalClosure {
+				t.Fatalf("drop: %v", err)
+			}
+			return
+		}
 	}
 }
